@@ -1,0 +1,66 @@
+"""Command line: ``storaged [--config FILE] [--listen HOST:PORT] [--data-dir DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from .config import ConfigError, default_config, load_config
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="storaged",
+        description="A storage array in software: serves sparse-file LUNs over iSCSI. "
+        "Without --config it starts an embedded default array on 127.0.0.1:3260.",
+    )
+    ap.add_argument("--config", metavar="FILE", help="array configuration (YAML)")
+    ap.add_argument("--listen", metavar="HOST:PORT", help="iSCSI portal address (port 0 picks a free port)")
+    ap.add_argument("--data-dir", metavar="DIR", help="where LUN files and array tables live")
+    ap.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override the config")
+    ap.add_argument("--version", action="store_true", help="print the version and exit")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from .daemon import VERSION, run
+
+    if args.version:
+        print(f"storaged {VERSION}")
+        return 0
+    try:
+        cfg = load_config(args.config) if args.config else default_config()
+        cfg = cfg.with_overrides(listen=args.listen, data_dir=args.data_dir)
+    except ConfigError as exc:
+        print(f"storaged: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=args.log_level or cfg.log_level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        import uvloop  # optional: a faster event loop when installed
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        return runner(run(cfg))
+    except OSError as exc:
+        logging.getLogger("storaged").error("cannot start: %s", exc)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - startup errors reach the user as one line
+        from .backstore.base import BackstoreError
+
+        if isinstance(exc, BackstoreError):
+            logging.getLogger("storaged").error("cannot start: %s", exc)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,363 @@
+"""Array configuration: YAML in, frozen dataclasses out, every error naming the file and field.
+
+The loader is strict: unknown keys are errors (a typo must not silently fall back to a default),
+sizes accept units (``1GiB``, ``512M``), and cross-field rules (unique LUN numbers, file names,
+target names) are checked once here so the daemon can trust what it gets.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .iscsi.chap import ChapCredentials
+
+DEFAULT_LISTEN = "127.0.0.1:3260"
+_IQN = re.compile(r"^(iqn\.\d{4}-\d{2}\.[^\s:]+(:[^\s]+)?|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16,32})$")
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGTP]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased as 'FILE: field.path: what is wrong'."""
+
+    def __init__(self, source: str, path: str, problem: str) -> None:
+        super().__init__(f"{source}: {path}: {problem}" if path else f"{source}: {problem}")
+        self.source = source
+        self.path = path
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class LunConfig:
+    lun: int
+    file: str
+    size: int
+    block_size: int = 512
+    thin: bool = True
+    read_only: bool = False
+    product: str = "storaged LUN"
+    serial: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TargetConfig:
+    name: str
+    luns: tuple[LunConfig, ...]
+    alias: str = ""
+    initiators: frozenset[str] | None = None
+    chap: ChapCredentials | None = None
+    portal_group_tag: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class IscsiConfig:
+    listen: str = DEFAULT_LISTEN
+    #: addresses announced in SendTargets; default: the address actually bound
+    advertise: tuple[str, ...] = ()
+    queue_depth: int = 128
+    nop_interval: float = 30.0
+    nop_timeout: float = 15.0
+    login_timeout: float = 15.0
+    max_recv_data_segment_length: int = 262144
+    max_burst_length: int = 16776192
+    first_burst_length: int = 262144
+    max_outstanding_r2t: int = 16
+    digests: tuple[str, ...] = ("CRC32C", "None")
+    chap_algorithms: tuple[str, ...] = ("SHA3-256", "SHA-256", "SHA-1", "MD5")
+    discovery_chap: ChapCredentials | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayConfig:
+    name: str
+    data_dir: str
+    iscsi: IscsiConfig
+    targets: tuple[TargetConfig, ...]
+    source: str = "<embedded>"
+    log_level: str = "INFO"
+
+    def with_overrides(self, listen: str | None = None, data_dir: str | None = None) -> ArrayConfig:
+        """Apply command-line overrides (``--listen``, ``--data-dir``)."""
+        from dataclasses import replace
+
+        cfg = self
+        if listen is not None:
+            parse_hostport(listen, "--listen", "command line")
+            cfg = replace(cfg, iscsi=replace(cfg.iscsi, listen=listen))
+        if data_dir is not None:
+            cfg = replace(cfg, data_dir=data_dir)
+        return cfg
+
+
+CHAP_ALGORITHM_NUMBERS = {"MD5": 5, "SHA-1": 6, "SHA-256": 7, "SHA3-256": 8}
+
+
+def parse_size(value: Any, source: str, path: str) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(source, path, "expected a size such as 1GiB, got a boolean")
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, str) and (m := _SIZE.match(value)):
+        unit = (m.group(2) or "").upper().rstrip("B").rstrip("I")
+        n = int(m.group(1)) * _UNITS[unit]
+    else:
+        raise ConfigError(source, path, f"expected a size such as 1GiB or a byte count, got {value!r}")
+    if n <= 0:
+        raise ConfigError(source, path, "size must be positive")
+    return n
+
+
+def parse_hostport(value: str, path: str, source: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(source, path, f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+class _Reader:
+    """Walks a YAML mapping, checking types and unknown keys, tracking the field path."""
+
+    def __init__(self, source: str, data: Any, path: str = "") -> None:
+        self.source = source
+        self.path = path
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(source, path or "(top level)", f"expected a mapping, got {type(data).__name__}")
+        self.data = data
+        self.used: set[str] = set()
+
+    def _p(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any:
+        self.used.add(key)
+        if key not in self.data or self.data[key] is None:
+            if required:
+                raise ConfigError(self.source, self._p(key), "is required")
+            return default
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise ConfigError(self.source, self._p(key), f"expected {names}, got {value!r}")
+        return value
+
+    def sub(self, key: str) -> _Reader:
+        self.used.add(key)
+        return _Reader(self.source, self.data.get(key), self._p(key))
+
+    def items(self, key: str) -> list[_Reader]:
+        self.used.add(key)
+        value = self.data.get(key) or []
+        if not isinstance(value, list):
+            raise ConfigError(self.source, self._p(key), "expected a list")
+        return [_Reader(self.source, v, f"{self._p(key)}[{i}]") for i, v in enumerate(value)]
+
+    def finish(self) -> None:
+        unknown = sorted(set(map(str, self.data)) - self.used)
+        if unknown:
+            raise ConfigError(self.source, self._p(unknown[0]), "unknown key (check the spelling)")
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.source, self._p(key), problem)
+
+
+def _chap(r: _Reader, key: str) -> ChapCredentials | None:
+    if key not in r.data or r.data[key] is None:
+        r.used.add(key)
+        return None
+    c = r.sub(key)
+    creds = ChapCredentials(
+        username=c.get("username", str, required=True),
+        secret=c.get("secret", str, required=True),
+        mutual_username=c.get("mutual_username", str),
+        mutual_secret=c.get("mutual_secret", str),
+    )
+    c.finish()
+    if (creds.mutual_username is None) != (creds.mutual_secret is None):
+        raise c.error("mutual_secret", "mutual_username and mutual_secret go together")
+    for name, secret in (("secret", creds.secret), ("mutual_secret", creds.mutual_secret)):
+        if secret is not None and not 12 <= len(secret) <= 256:
+            raise c.error(name, "CHAP secrets must be 12 to 256 characters (RFC 7143 s.12.1.3)")
+    if creds.mutual_secret is not None and creds.mutual_secret == creds.secret:
+        raise c.error("mutual_secret", "must differ from secret (RFC 7143 s.12.1.3)")
+    return creds
+
+
+def _lun(r: _Reader, index: int) -> LunConfig:
+    lun = r.get("lun", int, index)
+    if not 0 <= lun < 16384:
+        raise r.error("lun", "LUN numbers run from 0 to 16383")
+    block_size = r.get("block_size", int, 512)
+    if block_size not in (512, 4096):
+        raise r.error("block_size", "must be 512 or 4096")
+    size = parse_size(r.get("size", (int, str), required=True), r.source, r._p("size"))
+    if size % block_size:
+        raise r.error("size", f"{size} is not a multiple of the block size {block_size}")
+    file = r.get("file", str, f"lun{lun}.img")
+    if "/" in file.strip("./") and ".." in Path(file).parts:
+        raise r.error("file", "must not leave the data directory")
+    cfg = LunConfig(
+        lun=lun,
+        file=file,
+        size=size,
+        block_size=block_size,
+        thin=r.get("thin", bool, True),
+        read_only=r.get("read_only", bool, False),
+        product=r.get("product", str, "storaged LUN")[:16],
+        serial=r.get("serial", str),
+    )
+    r.finish()
+    return cfg
+
+
+def _target(r: _Reader) -> TargetConfig:
+    name = r.get("name", str, required=True)
+    if not _IQN.match(name):
+        raise r.error("name", f"{name!r} is not an iqn./eui./naa. name")
+    luns = tuple(_lun(x, i) for i, x in enumerate(r.items("luns")))
+    if not luns:
+        raise r.error("luns", "a target needs at least one LUN")
+    seen: set[int] = set()
+    for i, lun in enumerate(luns):
+        if lun.lun in seen:
+            raise r.error(f"luns[{i}].lun", f"LUN {lun.lun} appears twice")
+        seen.add(lun.lun)
+    initiators = r.get("initiators", list)
+    if initiators is not None:
+        for i, ini in enumerate(initiators):
+            if not isinstance(ini, str) or not _IQN.match(ini):
+                raise r.error(f"initiators[{i}]", f"{ini!r} is not an initiator name")
+    tpgt = r.get("portal_group_tag", int, 1)
+    if not 1 <= tpgt <= 65535:
+        raise r.error("portal_group_tag", "must be 1..65535")
+    cfg = TargetConfig(
+        name=name,
+        luns=luns,
+        alias=r.get("alias", str, ""),
+        initiators=frozenset(initiators) if initiators is not None else None,
+        chap=_chap(r, "chap"),
+        portal_group_tag=tpgt,
+    )
+    r.finish()
+    return cfg
+
+
+def _iscsi(r: _Reader) -> IscsiConfig:
+    d = IscsiConfig()
+    listen = r.get("listen", str, d.listen)
+    parse_hostport(listen, r._p("listen"), r.source)
+
+    def num(key: str, default: int, lo: int, hi: int) -> int:
+        v = r.get(key, int, default)
+        if not lo <= v <= hi:
+            raise r.error(key, f"must be {lo}..{hi}")
+        return v
+
+    digests = tuple(r.get("digests", list, list(d.digests)))
+    for i, dg in enumerate(digests):
+        if dg not in ("CRC32C", "None"):
+            raise r.error(f"digests[{i}]", "must be CRC32C or None")
+    algos = tuple(r.get("chap_algorithms", list, list(d.chap_algorithms)))
+    for i, a in enumerate(algos):
+        if a not in CHAP_ALGORITHM_NUMBERS:
+            raise r.error(f"chap_algorithms[{i}]", f"must be one of {', '.join(CHAP_ALGORITHM_NUMBERS)}")
+    advertise = tuple(r.get("advertise", list, []))
+    for i, a in enumerate(advertise):
+        parse_hostport(str(a), r._p(f"advertise[{i}]"), r.source)
+    cfg = IscsiConfig(
+        listen=listen,
+        advertise=advertise,
+        queue_depth=num("queue_depth", d.queue_depth, 1, 4096),
+        nop_interval=float(r.get("nop_interval", float, d.nop_interval)),
+        nop_timeout=float(r.get("nop_timeout", float, d.nop_timeout)),
+        login_timeout=float(r.get("login_timeout", float, d.login_timeout)),
+        max_recv_data_segment_length=num("max_recv_data_segment_length", d.max_recv_data_segment_length,
+                                         512, (1 << 24) - 1),
+        max_burst_length=num("max_burst_length", d.max_burst_length, 512, (1 << 24) - 1),
+        first_burst_length=num("first_burst_length", d.first_burst_length, 512, (1 << 24) - 1),
+        max_outstanding_r2t=num("max_outstanding_r2t", d.max_outstanding_r2t, 1, 65535),
+        digests=digests,
+        chap_algorithms=algos,
+        discovery_chap=_chap(r, "discovery_chap"),
+    )
+    r.finish()
+    return cfg
+
+
+def parse_config(data: Any, source: str) -> ArrayConfig:
+    r = _Reader(source, data)
+    arr = r.sub("array")
+    name = arr.get("name", str, required=True)
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", name):
+        raise arr.error("name", "use letters, digits, '.', '_' and '-' (at most 64)")
+    data_dir = arr.get("data_dir", str, "./data")
+    log_level = arr.get("log_level", str, "INFO").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise arr.error("log_level", "must be DEBUG, INFO, WARNING or ERROR")
+    arr.finish()
+    iscsi = _iscsi(r.sub("iscsi"))
+    targets = tuple(_target(t) for t in r.items("targets"))
+    if not targets:
+        raise ConfigError(source, "targets", "at least one target is required")
+    names: set[str] = set()
+    files: set[str] = set()
+    for i, t in enumerate(targets):
+        if t.name in names:
+            raise ConfigError(source, f"targets[{i}].name", f"{t.name} appears twice")
+        names.add(t.name)
+        for j, lun in enumerate(t.luns):
+            if lun.file in files:
+                raise ConfigError(source, f"targets[{i}].luns[{j}].file", f"{lun.file} is used twice")
+            files.add(lun.file)
+    r.finish()
+    if source != "<embedded>":
+        base = Path(source).resolve().parent
+        if not Path(data_dir).is_absolute():
+            data_dir = str(base / data_dir)
+    return ArrayConfig(name=name, data_dir=data_dir, iscsi=iscsi, targets=targets, source=source,
+                       log_level=log_level)
+
+
+def load_config(path: str) -> ArrayConfig:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(path, "", f"not valid YAML: {where}{getattr(exc, 'problem', exc)}") from None
+    return parse_config(data, path)
+
+
+DEFAULT_CONFIG_YAML = """\
+# The embedded default array: what `storaged` with no arguments serves.
+array:
+  name: storaged
+  data_dir: ./storaged-data
+iscsi:
+  listen: 127.0.0.1:3260
+targets:
+  - name: iqn.2026-11.io.storaged:default
+    alias: storaged default target
+    luns:
+      - lun: 0
+        file: data0.img
+        size: 4GiB
+      - lun: 1
+        file: data1.img
+        size: 1GiB
+"""
+
+
+def default_config() -> ArrayConfig:
+    return parse_config(yaml.safe_load(DEFAULT_CONFIG_YAML), "<embedded>")
