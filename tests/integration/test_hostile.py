@@ -1,0 +1,103 @@
+"""A hostile client against a live daemon: garbage, lies and abuse never crash it or stall others."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from storaged.iscsi.initiator import IscsiSession
+from storaged.iscsi.pdu import PDU, Opcode, encode_bytes, format_text
+
+from .conftest import TARGET
+from .daemon import StoragedProcess
+
+pytestmark = pytest.mark.integration
+
+
+async def _raw(port: int, payload: bytes, read_timeout: float = 2.0) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(payload)
+        await writer.drain()
+        try:
+            return await asyncio.wait_for(reader.read(65536), read_timeout)
+        except (asyncio.TimeoutError, ConnectionError):
+            return b""
+    finally:
+        writer.close()
+
+
+def _login(keys: list[tuple[str, str]], flags: int = 0x87) -> bytes:
+    return encode_bytes(PDU(Opcode.LOGIN_REQUEST, flags=flags, immediate=True, lun=bytes([0x80, 1, 2, 3, 4, 5, 0, 0]),
+                            itt=1, w24=1, data=format_text(keys)))
+
+
+async def _healthy(port: int) -> None:
+    s = IscsiSession()
+    await s.login("127.0.0.1", port, TARGET)
+    r = await s.scsi(0, bytes(6))
+    assert r.status in (0, 2)
+    await s.logout()
+
+
+async def test_garbage_and_malformed_pdus_do_not_hurt_the_daemon(storaged: StoragedProcess) -> None:
+    port = storaged.port
+    victim = IscsiSession()
+    await victim.login("127.0.0.1", port, TARGET)
+    attacks = [
+        os.urandom(4096),
+        b"\xff" * 48,
+        # a BHS announcing a 16 MiB data segment during login
+        bytes([0x43, 0x87, 0, 0, 0, 0xFF, 0xFF, 0xFF]) + bytes(40),
+        # login text that is not key=value
+        encode_bytes(PDU(Opcode.LOGIN_REQUEST, flags=0x87, immediate=True, itt=1, data=b"\xff\xfe garbage\0")),
+        # full feature PDU before login
+        encode_bytes(PDU(Opcode.SCSI_COMMAND, flags=0xC1, itt=5, w20=512, w24=1)),
+        _login([("InitiatorName", "iqn.2026-11.test:evil"), ("TargetName", TARGET), ("AuthMethod", "None"),
+                ("MaxRecvDataSegmentLength", "99999999999")]),
+        _login([("InitiatorName", "iqn.2026-11.test:evil"), ("TargetName", TARGET), ("SessionType", "Weird")]),
+        _login([("InitiatorName", "iqn.2026-11.test:evil"), ("TargetName", TARGET)], flags=0xC7),  # T and C
+        bytes(47),  # truncated header, then close
+    ]
+    for blob in attacks:
+        await _raw(port, blob)
+    # an abusive logged-in session: huge EDTL, bad Data-Out, unknown opcodes, CmdSN chaos
+    evil = IscsiSession()
+    await evil.login("127.0.0.1", port, TARGET, initiator="iqn.2026-11.test:evil")
+    cdb = struct.unpack(">IIII", bytes([0x2A, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0]).ljust(16, b"\0"))
+    evil.send_pdu(PDU(Opcode.SCSI_COMMAND, flags=0xA1, itt=0x777, w20=0xFFFFFFF0, w24=evil.cmdsn,
+                      w32=cdb[0], w36=cdb[1], w40=cdb[2], w44=cdb[3]))
+    evil.send_pdu(PDU(Opcode.DATA_OUT, flags=0x80, itt=0x12345, w20=0xFFFFFFFF, data=bytes(512)))
+    evil.send_pdu(PDU(0x1D, flags=0x80, itt=9))
+    evil.send_pdu(PDU(Opcode.NOP_OUT, flags=0x80, itt=10, w20=0xFFFFFFFF, w24=0xDEAD))
+    evil.send_raw(os.urandom(100))
+    await asyncio.sleep(0.5)
+    await evil.close()
+    # the daemon is alive, the victim's session still works, new sessions work
+    assert storaged.alive()
+    assert (await victim.scsi(0, bytes(6))).status in (0, 2)
+    await victim.logout()
+    await _healthy(port)
+    assert "Traceback" not in storaged.log
+
+
+async def test_half_open_login_is_dropped_after_login_timeout(tmp_path: Path) -> None:
+    from .conftest import small_config
+
+    cfg = small_config()
+    cfg["iscsi"] = {"login_timeout": 2}
+    proc = StoragedProcess(tmp_path / "data", cfg).start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proc.port)
+        writer.write(b"\x43")  # one byte of a login, then silence
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(100), 10)
+        assert data == b""  # closed by the target
+        writer.close()
+        assert "login not finished within 2s" in proc.log
+    finally:
+        proc.stop()

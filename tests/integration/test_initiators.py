@@ -1,0 +1,137 @@
+"""Real initiators against a real storaged: libiscsi's iscsi-ls / iscsi-inq and qemu-img."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import TARGET, require, small_config
+from .daemon import StoragedProcess
+
+pytestmark = pytest.mark.integration
+
+
+def run(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=check)
+
+
+def test_iscsi_ls_discovers_target_and_luns(storaged: StoragedProcess) -> None:
+    require("iscsi-ls")
+    out = run("iscsi-ls", "-s", f"iscsi://127.0.0.1:{storaged.port}").stdout
+    assert f"Target:{TARGET} Portal:127.0.0.1:{storaged.port},1" in out
+    assert "Lun:0" in out and "(Size:64M)" in out
+    assert "Lun:1" in out and "(Size:16M)" in out
+
+
+def test_iscsi_inq_standard_and_device_identification(storaged: StoragedProcess) -> None:
+    require("iscsi-inq")
+    url = storaged.url(TARGET, 0)
+    std = run("iscsi-inq", url).stdout
+    assert "STORAGED" in std
+    vpd83 = run("iscsi-inq", "-e", "1", "-c", "0x83", url).stdout
+    assert "NAA" in vpd83 or "naa" in vpd83.lower()
+
+
+def test_naa_identifier_is_stable_across_restarts_and_differs_between_luns(tmp_path: Path) -> None:
+    require("iscsi-inq")
+    proc = StoragedProcess(tmp_path / "data", small_config()).start()
+    try:
+        first0 = run("iscsi-inq", "-e", "1", "-c", "0x83", proc.url(TARGET, 0)).stdout
+        first1 = run("iscsi-inq", "-e", "1", "-c", "0x83", proc.url(TARGET, 1)).stdout
+    finally:
+        proc.stop()
+    proc.start()
+    try:
+        again0 = run("iscsi-inq", "-e", "1", "-c", "0x83", proc.url(TARGET, 0)).stdout
+    finally:
+        proc.stop()
+    assert first0 == again0
+    assert first0 != first1
+
+
+def test_qemu_img_convert_round_trip_is_byte_identical(storaged: StoragedProcess, tmp_path: Path) -> None:
+    require("qemu-img")
+    src = tmp_path / "src.raw"
+    # 8 MiB with data, a hole and more data, so thin and thick regions both cross the wire
+    with open(src, "wb") as f:
+        f.write(os.urandom(3 << 20))
+        f.seek(6 << 20)
+        f.write(os.urandom(2 << 20))
+    url = storaged.url(TARGET, 1)
+    run("qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(src), url, timeout=120)
+    back = tmp_path / "back.raw"
+    run("qemu-img", "convert", "-f", "raw", "-O", "raw", url, str(back), timeout=120)
+    data = back.read_bytes()
+    assert len(data) == 16 << 20
+    assert hashlib.sha256(data[: 8 << 20]).digest() == hashlib.sha256(src.read_bytes()).digest()
+    assert data[8 << 20 :] == bytes(8 << 20)
+
+
+def test_qemu_img_info_reports_lun_size(storaged: StoragedProcess) -> None:
+    require("qemu-img")
+    out = run("qemu-img", "info", storaged.url(TARGET, 0)).stdout
+    assert "64 MiB" in out
+
+
+def test_chap_right_credentials_log_in_and_wrong_ones_are_refused(tmp_path: Path) -> None:
+    require("iscsi-ls", "iscsi-inq")
+    cfg = small_config(chap={"username": "host1", "secret": "host1-secret-123"})
+    proc = StoragedProcess(tmp_path / "data", cfg).start()
+    try:
+        ok = run("iscsi-inq", proc.url(TARGET, 0, auth="host1%host1-secret-123@"), check=False)
+        assert ok.returncode == 0, ok.stderr
+        assert "STORAGED" in ok.stdout
+        bad = run("iscsi-inq", proc.url(TARGET, 0, auth="host1%wrong-secret-xyz@"), check=False)
+        assert bad.returncode != 0
+        none = run("iscsi-inq", proc.url(TARGET, 0), check=False)
+        assert none.returncode != 0
+        assert "CHAP response from 'host1' does not match" in proc.log
+    finally:
+        proc.stop()
+
+
+def test_mutual_chap_with_libiscsi(tmp_path: Path) -> None:
+    require("iscsi-inq")
+    cfg = small_config(chap={"username": "host1", "secret": "host1-secret-123",
+                             "mutual_username": "array1", "mutual_secret": "array1-secret-456"})
+    proc = StoragedProcess(tmp_path / "data", cfg).start()
+    try:
+        url = proc.url(TARGET, 0, auth="host1%host1-secret-123@")
+        ok = run("iscsi-inq", url + "?target_user=array1&target_password=array1-secret-456", check=False)
+        assert ok.returncode == 0, ok.stderr
+        bad = run("iscsi-inq", url + "?target_user=array1&target_password=not-the-array-pw", check=False)
+        assert bad.returncode != 0  # libiscsi refuses a target whose proof does not match
+    finally:
+        proc.stop()
+
+
+def test_initiator_acl_hides_and_refuses_target(tmp_path: Path) -> None:
+    require("iscsi-ls", "iscsi-inq")
+    cfg = small_config(initiators=["iqn.2026-11.test:allowed"])
+    proc = StoragedProcess(tmp_path / "data", cfg).start()
+    try:
+        hidden = run("iscsi-ls", "-i", "iqn.2026-11.test:other", f"iscsi://127.0.0.1:{proc.port}").stdout
+        assert TARGET not in hidden
+        shown = run("iscsi-ls", "-i", "iqn.2026-11.test:allowed", f"iscsi://127.0.0.1:{proc.port}").stdout
+        assert TARGET in shown
+        refused = run("iscsi-inq", "-i", "iqn.2026-11.test:other", proc.url(TARGET, 0), check=False)
+        assert refused.returncode != 0
+        allowed = run("iscsi-inq", "-i", "iqn.2026-11.test:allowed", proc.url(TARGET, 0), check=False)
+        assert allowed.returncode == 0, allowed.stderr
+    finally:
+        proc.stop()
+
+
+def test_header_and_data_digests_with_libiscsi(storaged: StoragedProcess, tmp_path: Path) -> None:
+    require("qemu-img")
+    src = tmp_path / "src.raw"
+    src.write_bytes(os.urandom(1 << 20))
+    url = storaged.url(TARGET, 1) + "?header_digest=crc32c"
+    run("qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(src), url)
+    out = tmp_path / "out.raw"
+    run("qemu-img", "convert", "-f", "raw", "-O", "raw", url, str(out))
+    assert out.read_bytes()[: 1 << 20] == src.read_bytes()
