@@ -382,9 +382,14 @@ class TargetConnection:
         if result.target is not None:
             self.nexus = Nexus(result.initiator, result.isid, result.target.name,
                                result.target.portal_group_tag)
-        log.info("%s: logged in to %s (%s session, TSIH %d)", self._who(),
-                 result.target.name if result.target else "discovery",
-                 "discovery" if result.discovery else "normal", result.tsih)
+        p = self.params
+        log.info("%s: logged in to %s (%s session, TSIH %d, digests header=%s data=%s, MaxRecvDataSegmentLength"
+                 " %d/%d, MaxBurstLength %d, FirstBurstLength %d, InitialR2T %s, ImmediateData %s)",
+                 self._who(), result.target.name if result.target else "discovery",
+                 "discovery" if result.discovery else "normal", result.tsih,
+                 "CRC32C" if p.header_digest else "None", "CRC32C" if p.data_digest else "None",
+                 p.initiator_mrdsl, p.target_mrdsl, p.max_burst_length, p.first_burst_length,
+                 "Yes" if p.initial_r2t else "No", "Yes" if p.immediate_data else "No")
         self._events.append(LoggedIn(result, self.nexus))
 
     # --- SCSI commands and data ------------------------------------------------------------
@@ -479,34 +484,55 @@ class TargetConnection:
         final = pdu.final
         if pdu.ttt == RESERVED_TAG:
             if not task.unsol_open:
-                raise ProtocolViolation("unsolicited Data-Out outside the first burst")
-            if datasn != task.unsol_datasn or offset != task.received:
-                raise ProtocolViolation(f"unsolicited DataSN {datasn}/offset {offset}, expected "
-                                        f"{task.unsol_datasn}/{task.received}")
+                self._fail_task(task, 0x4B, 0x02, "unsolicited Data-Out outside the first burst")
+                return
+            if datasn != task.unsol_datasn:
+                self._fail_task(task, 0x4B, 0x00, f"unsolicited DataSN {datasn}, expected {task.unsol_datasn}")
+                return
+            if offset != task.received:
+                self._fail_task(task, 0x4B, 0x05, f"unsolicited offset {offset}, expected {task.received}")
+                return
             if offset + len(data) > task.unsol_limit:
-                raise ProtocolViolation("unsolicited data beyond FirstBurstLength")
+                self._fail_task(task, 0x4B, 0x02, "unsolicited data beyond FirstBurstLength")
+                return
             task.unsol_datasn += 1
             if final:
                 task.unsol_open = False
         else:
             r2t = task.r2ts.get(pdu.ttt)
             if r2t is None:
-                raise ProtocolViolation(f"Data-Out with unknown TTT {pdu.ttt:#x}")
-            if datasn != r2t.next_datasn or offset != r2t.offset + r2t.received:
-                raise ProtocolViolation(f"DataSN {datasn}/offset {offset}, expected "
-                                        f"{r2t.next_datasn}/{r2t.offset + r2t.received}")
+                self._fail_task(task, 0x4B, 0x01, f"Data-Out with unknown TTT {pdu.ttt:#x}")
+                return
+            if datasn != r2t.next_datasn:
+                self._fail_task(task, 0x4B, 0x00, f"DataSN {datasn}, expected {r2t.next_datasn}")
+                return
+            if offset != r2t.offset + r2t.received:
+                self._fail_task(task, 0x4B, 0x05, f"offset {offset}, expected {r2t.offset + r2t.received}")
+                return
             if r2t.received + len(data) > r2t.length:
-                raise ProtocolViolation("Data-Out beyond the R2T's desired length")
+                self._fail_task(task, 0x4B, 0x02, "Data-Out beyond the R2T's desired length")
+                return
             r2t.next_datasn += 1
             r2t.received += len(data)
             if final:
                 if r2t.received != r2t.length:
-                    raise ProtocolViolation("R2T sequence ended early")
+                    self._fail_task(task, 0x4B, 0x00, "R2T sequence ended early")
+                    return
                 del task.r2ts[pdu.ttt]
         task.buf[offset : offset + len(data)] = data
         task.received += len(data)
         if final or task.received >= task.edtl:
             self._progress_write(task)
+
+    def _fail_task(self, task: Task, asc: int, ascq: int, why: str) -> None:
+        """End a write whose data phase broke the rules: CHECK CONDITION, ABORTED COMMAND with the
+        iSCSI-specific ASC (RFC 7143 s.11.4.7.2). The connection stays up; later Data-Out PDUs
+        for the task are dropped as belonging to no task."""
+        log.warning("%s: ITT %#x failed: %s", self._who(), task.itt, why)
+        self.tasks.pop(task.itt, None)
+        sense = bytes([0x70, 0, 0x0B, 0, 0, 0, 0, 10, 0, 0, 0, 0, asc, ascq, 0, 0, 0, 0])
+        self._send_result(task, ScsiResult(Status.CHECK_CONDITION, None, sense))
+        self._task_finished(task)
 
     def _execute(self, task: Task) -> None:
         task.executing = True
@@ -559,7 +585,10 @@ class TargetConnection:
                 return
             expdatasn = datasn
         else:
-            if task.read and task.edtl:
+            if data is not None and len(data) and not task.edtl:
+                # The CDB asked for data the initiator gave no room for (EDTL 0): all of it overflows.
+                residual_flags, residual = 0x04, len(data)
+            elif task.read and task.edtl:
                 residual_flags, residual = 0x02, task.edtl
             elif task.write:
                 expdatasn = task.r2tsn

@@ -335,8 +335,20 @@ class IscsiSession:
             await asyncio.sleep(0.001)
 
     async def scsi(self, lun: int, cdb: bytes, data_out: bytes = b"", read_length: int = 0,
-                   timeout: float | None = 30.0) -> ScsiReply:
-        """Run one SCSI command; data_out for writes, read_length for reads."""
+                   timeout: float | None = 30.0, retry_unit_attention: bool = True) -> ScsiReply:
+        """Run one SCSI command; data_out for writes, read_length for reads.
+
+        A UNIT ATTENTION (power on, reset, parameters changed) only reports an event, so like the
+        kernel's SCSI midlayer the command is retried a few times unless told otherwise.
+        """
+        for _ in range(4):
+            reply = await self._scsi_once(lun, cdb, data_out, read_length, timeout)
+            if not (retry_unit_attention and reply.status == 2 and reply.sense_key == 6):
+                break
+        return reply
+
+    async def _scsi_once(self, lun: int, cdb: bytes, data_out: bytes, read_length: int,
+                         timeout: float | None) -> ScsiReply:
         if self._closed_exc is not None:
             raise self._closed_exc
         await self._wait_window()

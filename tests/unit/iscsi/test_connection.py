@@ -81,15 +81,30 @@ def test_write_with_immediate_unsolicited_and_solicited_data() -> None:
     assert resp.opcode == Opcode.SCSI_RESPONSE and resp.b3 == 0 and resp.w36 == 2  # ExpDataSN = R2Ts
 
 
-def test_wrong_datasn_closes_the_connection() -> None:
+def test_wrong_datasn_fails_the_task_but_keeps_the_connection() -> None:
     w = logged_in(InitialR2T="Yes")
     w.conn.params.initial_r2t = True
     itt, out = w.command(WRITE10, write=bytes(2048), immediate=b"")
     (r2t,) = [p for p in out if p.opcode == Opcode.R2T]
     w.send(PDU(Opcode.DATA_OUT, flags=0, itt=itt, w20=r2t.w20, w36=0, w40=0, data=bytes(1024)))
-    w.send(PDU(Opcode.DATA_OUT, flags=0x80, itt=itt, w20=r2t.w20, w36=0, w40=1024, data=bytes(1024)))
-    assert any(isinstance(e, CloseConnection) for e in w.events)
+    (resp,) = w.send(PDU(Opcode.DATA_OUT, flags=0x80, itt=itt, w20=r2t.w20, w36=0, w40=1024, data=bytes(1024)))
+    assert resp.opcode == Opcode.SCSI_RESPONSE and resp.b3 == Status.CHECK_CONDITION
+    sense = bytes(resp.data)[2:]
+    assert (sense[2], sense[12], sense[13]) == (0x0B, 0x4B, 0x00)  # ABORTED COMMAND, DATA PHASE ERROR
+    assert not any(isinstance(e, CloseConnection) for e in w.events)
     assert w.executes() == []
+    # a late Data-Out for the failed task is ignored, and the session still works
+    assert w.send(PDU(Opcode.DATA_OUT, flags=0x80, itt=itt, w20=r2t.w20, w36=2, w40=0, data=bytes(512))) == []
+    w.command(READ10, read=512)
+    assert len(w.executes()) == 1
+
+
+def test_read_with_zero_edtl_reports_overflow_of_all_data() -> None:
+    w = logged_in()
+    w.command(READ10, read=0)
+    (ev,) = w.executes()
+    (resp,) = w.complete(ev, ScsiResult(Status.GOOD, bytes(512)))
+    assert resp.opcode == Opcode.SCSI_RESPONSE and resp.flags & 0x04 and resp.w44 == 512
 
 
 def test_cmdsn_outside_window_is_silently_ignored() -> None:
