@@ -151,6 +151,9 @@ class IscsiProtocol(asyncio.Protocol):
         self.peer = "?"
         self._nexus_released = False
         self._paused = False
+        #: output waiting for the end of this loop iteration, so many responses share one send()
+        self._outbox: list[bytes | memoryview] = []
+        self._flush_scheduled = False
         self._execute: Callable[[ScsiCommand], object] | None = None
 
     # --- asyncio callbacks -----------------------------------------------------------------
@@ -194,8 +197,11 @@ class IscsiProtocol(asyncio.Protocol):
 
     def handle_events(self, events: list[Event]) -> None:
         out = self.conn.data_to_send()
-        if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(out)
+        if out:
+            self._outbox.extend(out)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self.loop.call_soon(self._flush)
         for ev in events:
             if isinstance(ev, ExecuteCommand):
                 task = ev.task
@@ -209,8 +215,16 @@ class IscsiProtocol(asyncio.Protocol):
             elif isinstance(ev, ResetRequested):
                 self.server.reset(self, ev)
             elif isinstance(ev, CloseConnection):
+                self._flush()
                 if self.transport is not None:
                     self.transport.close()
+
+    def _flush(self) -> None:
+        """Send everything queued in this loop iteration with one writelines() (one syscall)."""
+        self._flush_scheduled = False
+        out, self._outbox = self._outbox, []
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(out)
 
     async def _run(self, task: Task) -> None:
         nexus = self.conn.nexus
