@@ -33,6 +33,20 @@ class Extent:
     mapped: bool
 
 
+def first_difference(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview) -> int:
+    """Offset of the first differing byte of two equal-length buffers, or -1 if they match."""
+    ma, mb = memoryview(a), memoryview(b)
+    if ma == mb:
+        return -1
+    step = 4096
+    for base in range(0, len(ma), step):
+        if ma[base : base + step] != mb[base : base + step]:
+            for i in range(base, min(base + step, len(ma))):
+                if ma[i] != mb[i]:
+                    return i
+    return -1
+
+
 class Backstore(abc.ABC):
     """Byte-addressed storage behind one logical unit."""
 
@@ -66,6 +80,17 @@ class Backstore(abc.ABC):
             n = min(chunk, offset + length - pos)
             await self.write(pos, zeros[:n])
             pos += n
+
+    async def compare_and_write(self, offset: int, expected: bytes | bytearray | memoryview,
+                                data: bytes | bytearray | memoryview, fua: bool = False) -> int:
+        """Write ``data`` only if the range holds ``expected``; return -1 on success or the offset
+        of the first differing byte. The caller serialises it against other writers of this
+        store (a remote store runs it on the peer, under the peer's lock)."""
+        current = await self.read(offset, len(expected))
+        diff = first_difference(current, expected)
+        if diff < 0:
+            await self.write(offset, data, fua)
+        return diff
 
     async def extents(self, offset: int, length: int) -> list[Extent]:
         """Describe which parts of a range are mapped; a thick store is mapped everywhere."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from ..backstore.base import Extent
+from ..backstore.base import Extent, first_difference
 from .ops import Access, OpInfo, usage
 from .sense import Reason, ScsiError, cdb_error, param_error
 from .types import ScsiCommand, ScsiResult, Status
@@ -212,20 +212,6 @@ async def write_verify16(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     return await _write_verify(lu, cmd, lba, n, 10)
 
 
-def first_difference(a: bytes | memoryview, b: bytes | memoryview) -> int:
-    """Offset of the first differing byte of two equal-length buffers, or -1 if they match."""
-    ma, mb = memoryview(a), memoryview(b)
-    if ma == mb:
-        return -1
-    step = 4096
-    for base in range(0, len(ma), step):
-        if ma[base : base + step] != mb[base : base + step]:
-            for i in range(base, min(base + step, len(ma))):
-                if ma[i] != mb[i]:
-                    return i
-    return -1
-
-
 async def _verify(lu: LogicalUnit, cmd: ScsiCommand, lba: int, n: int, len_field: int) -> ScsiResult:
     flags = cmd.cdb[1]
     if flags & 0xE0:  # VRPROTECT
@@ -297,11 +283,10 @@ async def compare_and_write(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     lu.rmw_active += 1
     try:
         async with lu.rmw_lock:
-            current = await lu.backstore.read(lba * bs, n * bs)
-            diff = first_difference(current, view[: n * bs])
+            diff = await lu.backstore.compare_and_write(lba * bs, view[: n * bs], view[n * bs :],
+                                                        bool(cdb[1] & 0x08) or lu.write_through)
             if diff >= 0:
                 raise ScsiError(Reason.MISCOMPARE_DURING_VERIFY, info=diff)
-            await lu.backstore.write(lba * bs, view[n * bs :], bool(cdb[1] & 0x08) or lu.write_through)
     finally:
         lu.rmw_active -= 1
     return ScsiResult(GOOD)
