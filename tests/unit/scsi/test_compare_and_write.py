@@ -124,6 +124,10 @@ async def test_write_waits_for_an_in_flight_compare_and_write(i1, lu) -> None:
             await gate.wait()
             return await self.inner.read(offset, length)
 
+        async def compare_and_write(self, *args, **kwargs):
+            await gate.wait()
+            return await self.inner.compare_and_write(*args, **kwargs)
+
     lu.backstore = GatedReads(lu.backstore)
     caw_task = asyncio.ensure_future(i1.cmd(caw(4, 1), bytes(BS) + b"C" * BS))
     await asyncio.sleep(0)
