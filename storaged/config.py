@@ -33,6 +33,23 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class MapConfig:
+    """A LUN map entry (spec Fig. 3): this LUN is a virtual volume served by a peer's LUN."""
+
+    array: str
+    lun: int
+    #: the peer's target; "" = the peer's first target
+    target: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandDeviceConfig:
+    #: glob patterns of origins allowed to issue commands (initiator names, "site-a/*"); None = all
+    allowed: tuple[str, ...] | None = None
+    slot_size: int = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class LunConfig:
     lun: int
     file: str
@@ -42,6 +59,31 @@ class LunConfig:
     read_only: bool = False
     product: str = "storaged LUN"
     serial: str | None = None
+    command_device: CommandDeviceConfig | None = None
+    map: MapConfig | None = None
+
+    @property
+    def kind(self) -> str:
+        if self.map is not None:
+            return "virtual"
+        return "command_device" if self.command_device is not None else "data"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    name: str
+    address: str
+    secret: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteConfig:
+    """The remote communications interface: where this array listens and which peers it knows."""
+
+    listen: str | None = None
+    peers: tuple[PeerConfig, ...] = ()
+    io_timeout: float = 10.0
+    keepalive: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +120,7 @@ class ArrayConfig:
     data_dir: str
     iscsi: IscsiConfig
     targets: tuple[TargetConfig, ...]
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
     source: str = "<embedded>"
     log_level: str = "INFO"
 
@@ -195,12 +238,47 @@ def _lun(r: _Reader, index: int) -> LunConfig:
     lun = r.get("lun", int, index)
     if not 0 <= lun < 16384:
         raise r.error("lun", "LUN numbers run from 0 to 16383")
+    mapping = None
+    if r.data.get("map") is not None:
+        m = r.sub("map")
+        mapping = MapConfig(array=m.get("array", str, required=True), lun=m.get("lun", int, required=True),
+                            target=m.get("target", str, ""))
+        m.finish()
+        for key in ("size", "file", "block_size", "thin", "command_device"):
+            if key in r.data:
+                raise r.error(key, "a mapped LUN (virtual volume) takes its geometry from the peer's LUN")
+        r.used.add("map")
+        cfg = LunConfig(lun=lun, file="", size=0, product=r.get("product", str, "storaged VVOL")[:16],
+                        serial=r.get("serial", str), read_only=r.get("read_only", bool, False), map=mapping)
+        r.finish()
+        return cfg
+    r.used.add("map")
+    cmddev = None
+    raw_cd = r.data.get("command_device")
+    if raw_cd is True or isinstance(raw_cd, dict):
+        c = r.sub("command_device") if isinstance(raw_cd, dict) else _Reader(r.source, {}, r._p("command_device"))
+        allowed = c.get("allowed", list)
+        if allowed is not None and not all(isinstance(a, str) for a in allowed):
+            raise c.error("allowed", "expected a list of initiator name patterns")
+        slot_size = parse_size(c.get("slot_size", (int, str), 256 * 1024), r.source, c._p("slot_size"))
+        if slot_size % 4096:
+            raise c.error("slot_size", "must be a multiple of 4096")
+        cmddev = CommandDeviceConfig(allowed=tuple(allowed) if allowed is not None else None, slot_size=slot_size)
+        c.finish()
+        r.used.add("command_device")
+    elif raw_cd not in (None, False):
+        raise r.error("command_device", "expected true or a mapping (allowed, slot_size)")
+    else:
+        r.used.add("command_device")
     block_size = r.get("block_size", int, 512)
     if block_size not in (512, 4096):
         raise r.error("block_size", "must be 512 or 4096")
-    size = parse_size(r.get("size", (int, str), required=True), r.source, r._p("size"))
+    default_size = "16MiB" if cmddev is not None else None
+    size = parse_size(r.get("size", (int, str), default_size, required=default_size is None), r.source, r._p("size"))
     if size % block_size:
         raise r.error("size", f"{size} is not a multiple of the block size {block_size}")
+    if cmddev is not None and size < 2 * cmddev.slot_size:
+        raise r.error("size", f"a command device needs room for the directory and a slot ({2 * cmddev.slot_size})")
     file = r.get("file", str, f"lun{lun}.img")
     if "/" in file.strip("./") and ".." in Path(file).parts:
         raise r.error("file", "must not leave the data directory")
@@ -211,9 +289,45 @@ def _lun(r: _Reader, index: int) -> LunConfig:
         block_size=block_size,
         thin=r.get("thin", bool, True),
         read_only=r.get("read_only", bool, False),
-        product=r.get("product", str, "storaged LUN")[:16],
+        product=r.get("product", str, "storaged CMDDEV" if cmddev else "storaged LUN")[:16],
         serial=r.get("serial", str),
+        command_device=cmddev,
     )
+    r.finish()
+    return cfg
+
+
+def _remote(r: _Reader) -> RemoteConfig:
+    listen = r.get("listen", str)
+    if listen is not None:
+        parse_hostport(listen, r._p("listen"), r.source)
+    peers = []
+    for p in r.items("peers"):
+        name = p.get("name", str, required=True)
+        address = p.get("address", str, required=True)
+        parse_hostport(address, p._p("address"), p.source)
+        secret = p.get("secret", str)
+        secret_file = p.get("secret_file", str)
+        if (secret is None) == (secret_file is None):
+            raise p.error("secret", "give exactly one of secret and secret_file")
+        if secret_file is not None:
+            path = Path(secret_file)
+            if not path.is_absolute() and p.source != "<embedded>":
+                path = Path(p.source).resolve().parent / path
+            try:
+                secret = path.read_text().strip()
+            except OSError as exc:
+                raise p.error("secret_file", f"cannot read {path}: {exc.strerror}") from None
+        assert secret is not None
+        if len(secret) < 16:
+            raise p.error("secret" if secret_file is None else "secret_file", "the shared secret needs 16+ characters")
+        peers.append(PeerConfig(name, address, secret))
+        p.finish()
+    io_timeout = float(r.get("io_timeout", float, 10.0))
+    keepalive = float(r.get("keepalive", float, 2.0))
+    if not 0.1 <= io_timeout <= 600:
+        raise r.error("io_timeout", "must be 0.1..600 seconds")
+    cfg = RemoteConfig(listen=listen, peers=tuple(peers), io_timeout=io_timeout, keepalive=keepalive)
     r.finish()
     return cfg
 
@@ -304,6 +418,7 @@ def parse_config(data: Any, source: str) -> ArrayConfig:
         raise arr.error("log_level", "must be DEBUG, INFO, WARNING or ERROR")
     arr.finish()
     iscsi = _iscsi(r.sub("iscsi"))
+    remote = _remote(r.sub("remote"))
     targets = tuple(_target(t) for t in r.items("targets"))
     if not targets:
         raise ConfigError(source, "targets", "at least one target is required")
@@ -314,6 +429,13 @@ def parse_config(data: Any, source: str) -> ArrayConfig:
             raise ConfigError(source, f"targets[{i}].name", f"{t.name} appears twice")
         names.add(t.name)
         for j, lun in enumerate(t.luns):
+            if lun.map is not None:
+                if lun.map.array == name:
+                    raise ConfigError(source, f"targets[{i}].luns[{j}].map.array", "a LUN cannot map its own array")
+                if lun.map.array not in {p.name for p in remote.peers}:
+                    raise ConfigError(source, f"targets[{i}].luns[{j}].map.array",
+                                      f"{lun.map.array} is not among remote.peers")
+                continue
             if lun.file in files:
                 raise ConfigError(source, f"targets[{i}].luns[{j}].file", f"{lun.file} is used twice")
             files.add(lun.file)
@@ -322,7 +444,7 @@ def parse_config(data: Any, source: str) -> ArrayConfig:
         base = Path(source).resolve().parent
         if not Path(data_dir).is_absolute():
             data_dir = str(base / data_dir)
-    return ArrayConfig(name=name, data_dir=data_dir, iscsi=iscsi, targets=targets, source=source,
+    return ArrayConfig(name=name, data_dir=data_dir, iscsi=iscsi, targets=targets, remote=remote, source=source,
                        log_level=log_level)
 
 

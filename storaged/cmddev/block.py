@@ -145,7 +145,7 @@ def decode_command(data: bytes | bytearray | memoryview, max_input: int) -> Comm
         raise BlockError("command block checksum mismatch")
     try:
         params = json.loads(raw[32:]) if hdr.input_length else {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # also bad UTF-8, over-long integers, deep nesting
         raise BlockError(f"input parameter is not JSON: {exc}") from None
     if not isinstance(params, dict):
         raise BlockError("input parameter must be a JSON object")
@@ -192,8 +192,12 @@ def decode_response(data: bytes | bytearray | memoryview) -> Response:
     payload = raw[40 + elen : end]
     try:
         result = json.loads(payload) if dlen else None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # also bad UTF-8, over-long integers, deep nesting
         raise BlockError(f"edited data is not JSON: {exc}") from None
+    if state not in SlotState._value2member_map_:
+        raise BlockError(f"response block has an unknown slot state {state}")
+    if status not in ResultStatus._value2member_map_:
+        raise BlockError(f"response block has an unknown result status {status}")
     return Response(SlotState(state), tag, process, ResultStatus(status), error, result)
 
 

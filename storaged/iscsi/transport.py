@@ -13,6 +13,7 @@ import socket
 from collections.abc import Callable
 from typing import Protocol
 
+from ..origin import ORIGIN
 from ..scsi.types import Nexus, ScsiCommand, ScsiResult, Status
 from .connection import (
     TMF,
@@ -229,6 +230,7 @@ class IscsiProtocol(asyncio.Protocol):
     async def _run(self, task: Task) -> None:
         nexus = self.conn.nexus
         assert nexus is not None and self._execute is not None
+        ORIGIN.set(nexus.initiator)  # this task's own context: command devices see who asked
         try:
             result = await self._execute(task.command(nexus))  # type: ignore[misc]
         except Exception:

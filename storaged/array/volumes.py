@@ -1,0 +1,57 @@
+"""This array's volumes as the remote link serves them to peers.
+
+Peer I/O goes through the logical unit, not around it: writes wait for an in-flight COMPARE AND
+WRITE, COMPARE AND WRITE takes the LU's lock, read-only LUNs refuse writes, and a command device
+sees the peer's writes exactly as it sees a host's (with the origin set to ``peer/initiator``).
+"""
+
+from __future__ import annotations
+
+from ..backstore.base import Extent
+from ..remote.api import RemoteError, VolumeInfo
+from ..remote.protocol import Status
+from ..scsi.lu import LogicalUnit
+
+
+class LuVolume:
+    """Adapter from :class:`LogicalUnit` to the link's :class:`storaged.remote.api.Volume`."""
+
+    def __init__(self, lu: LogicalUnit, info: VolumeInfo) -> None:
+        self.lu = lu
+        self.info = info
+
+    def _writable(self) -> None:
+        if self.lu.write_protected:
+            raise RemoteError(Status.NOT_ALLOWED, f"LUN {self.info.lun} of {self.info.target} is read-only")
+
+    async def read(self, offset: int, length: int) -> bytes:
+        return await self.lu.backstore.read(offset, length)
+
+    async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool) -> None:
+        self._writable()
+        await self.lu.store(offset, data, fua)
+
+    async def flush(self) -> None:
+        await self.lu.backstore.flush()
+
+    async def unmap(self, offset: int, length: int) -> None:
+        self._writable()
+        await self.lu.backstore.unmap(offset, length)
+
+    async def write_zeroes(self, offset: int, length: int) -> None:
+        self._writable()
+        await self.lu.backstore.write_zeroes(offset, length)
+
+    async def extents(self, offset: int, length: int) -> list[Extent]:
+        return await self.lu.backstore.extents(offset, length)
+
+    async def compare_and_write(self, offset: int, expected: bytes | bytearray | memoryview,
+                                data: bytes | bytearray | memoryview, fua: bool) -> int:
+        self._writable()
+        lu = self.lu
+        lu.rmw_active += 1
+        try:
+            async with lu.rmw_lock:
+                return await lu.backstore.compare_and_write(offset, expected, data, fua)
+        finally:
+            lu.rmw_active -= 1
