@@ -131,3 +131,23 @@ def test_link_authentication_failure_is_refused_and_logged(tmp_path: Path) -> No
         assert r.returncode in (1, 3), r.stderr
     finally:
         s.stop()
+
+
+def test_hostctl_over_a_block_device(sites: Sites, tmp_path: Path) -> None:
+    from .blockdev import iscsi_block_device, require_block_devices
+
+    require_block_devices()
+    import yaml
+
+    with iscsi_block_device(sites.a.url(iqn("site-a"), 2), tmp_path, "cmd-a") as local, \
+            iscsi_block_device(sites.a.url(iqn("site-a"), 3), tmp_path, "cmd-b") as via_a:
+        cfg = tmp_path / "host-blk.yaml"
+        cfg.write_text(yaml.safe_dump({
+            "initiator": "iqn.2026-11.test:blk", "arrays": ["site-a", "site-b"],
+            "local": {"array": "site-a", "command_device": local, "devices": {3: via_a}}, "timeout": 20}))
+        r = hostctl(cfg, "--json", "info")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["array"] == "site-a"
+        r = hostctl(cfg, "--json", "--array", "site-b", "info")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["array"] == "site-b"

@@ -140,3 +140,29 @@ def test_header_digest_with_libiscsi(storaged: StoragedProcess, tmp_path: Path) 
     run("qemu-img", "convert", "-f", "raw", "-O", "raw", spec, str(out))
     assert out.read_bytes()[: 1 << 20] == src.read_bytes()
     assert "digests header=CRC32C" in storaged.log
+
+
+def test_filesystem_on_a_lun_through_a_real_block_device(storaged: StoragedProcess, tmp_path: Path) -> None:
+    """mkfs, mount, write, unmount and fsck on /dev/loopN whose I/O goes over iSCSI to storaged."""
+    from .blockdev import iscsi_block_device, require_block_devices
+
+    require_block_devices()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    payload = os.urandom(3 << 20)
+    with iscsi_block_device(storaged.url(TARGET, 0), tmp_path, "first") as dev:
+        run("mkfs.ext4", "-q", "-F", dev, timeout=120)
+        run("mount", dev, str(mnt))
+        try:
+            (mnt / "file.bin").write_bytes(payload)
+        finally:
+            run("umount", str(mnt))
+    # a fresh export and loop device: nothing can come from a cache on the host side
+    with iscsi_block_device(storaged.url(TARGET, 0), tmp_path, "second") as dev:
+        check = run("fsck.ext4", "-fn", dev, check=False)
+        assert check.returncode == 0, check.stdout + check.stderr
+        run("mount", dev, str(mnt))
+        try:
+            assert (mnt / "file.bin").read_bytes() == payload
+        finally:
+            run("umount", str(mnt))
