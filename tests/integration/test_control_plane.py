@@ -151,3 +151,53 @@ def test_hostctl_over_a_block_device(sites: Sites, tmp_path: Path) -> None:
         r = hostctl(cfg, "--json", "--array", "site-b", "info")
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["array"] == "site-b"
+
+
+def test_resent_tag_is_not_executed_twice_through_the_peer(sites: Sites) -> None:
+    """A command re-sent with the same tag (a host retrying after a lost answer) is not run again."""
+    from storaged.cmddev.block import (
+        Command,
+        ResultStatus,
+        SlotState,
+        decode_directory,
+        decode_response,
+        encode_release,
+    )
+
+    def write16(lba: int, blocks: int) -> bytes:
+        return bytes([0x8A, 0x08]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + b"\0\0"
+
+    def read16(lba: int, blocks: int) -> bytes:
+        return bytes([0x88, 0]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + b"\0\0"
+
+    async def scenario() -> None:
+        s = IscsiSession()
+        await s.login("127.0.0.1", sites.a.port, iqn("site-a"), initiator="iqn.2026-11.test:retry")
+        lun = 3  # site-b's command device, through site-a
+        d = decode_directory((await s.scsi(lun, read16(0, 8), read_length=4096)).data)
+        slot = 1 + d.states.index(SlotState.FREE)
+        lba = slot * d.slot_size // 512
+        block = Command(1, 0xC0FFEE, {"hello": "world"}).encode()
+        block += bytes(-len(block) % 512)
+        n = len(block) // 512
+
+        async def send_and_read() -> object:
+            assert (await s.scsi(lun, write16(lba, n), data_out=block)).status == 0
+            for _ in range(200):
+                r = decode_response((await s.scsi(lun, read16(lba, 8), read_length=4096)).data)
+                if r.state == SlotState.DONE:
+                    return r
+                await asyncio.sleep(0.01)
+            raise AssertionError("no result")
+
+        first = await send_and_read()
+        assert first.status == ResultStatus.OK and first.data == {"echo": {"hello": "world"}}
+        again = await send_and_read()  # result still held: the same answer, not a second run
+        assert again.tag == 0xC0FFEE and again.status == ResultStatus.OK
+        rel = encode_release(0xC0FFEE)
+        assert (await s.scsi(lun, write16(lba, 1), data_out=rel + bytes(512 - len(rel)))).status == 0
+        late = await send_and_read()  # released, then re-sent: refused as a duplicate
+        assert late.status == ResultStatus.DUPLICATE, late
+        await s.logout()
+
+    asyncio.run(scenario())
