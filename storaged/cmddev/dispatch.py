@@ -138,7 +138,8 @@ class CommandDispatcher:
         if result is None:
             result = {}
         if not isinstance(result, dict):
-            log.error("command device: handler %s returned %s, not a JSON object", name, type(result).__name__)
+            log.error("command device: handler %s returned %s, not a JSON object", name,
+                      type(result).__name__)
             return answer(ResultStatus.FAILED, f"{name}: the array produced no valid edited data "
                                                f"({type(result).__name__}, not an object)")
         if command.edited_data:

@@ -120,7 +120,7 @@ class CommandDeviceStore(Backstore):
         self._slots = [_Slot(i) for i in range(slots + 1)]  # [0] is the directory, never used
         self._live: dict[tuple[str, int], _Record] = {}  # executed tags whose result is still held
         self._released: OrderedDict[tuple[str, int], float] = OrderedDict()  # tag -> release time
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Response]] = set()
         self._next_deadline = math.inf
         self.running = 0
         #: executed commands (for tests and statistics)
@@ -303,8 +303,8 @@ class CommandDeviceStore(Backstore):
                 return self._ignore("release block truncated", slot.index * self.slot_size, len(mv), origin)
             return self._release(slot, tag, origin, now)
         if not COMMAND_MAGIC.startswith(head) and mv.tobytes().count(0) == len(mv):
-            return self._ignore(f"zeros at the start of slot {slot.index}", slot.index * self.slot_size, len(mv),
-                                origin)
+            return self._ignore(f"zeros at the start of slot {slot.index}", slot.index * self.slot_size,
+                                len(mv), origin)
         # A new block in a slot this origin owns replaces what was there (as if it were released
         # first); the old record is kept aside until the new block is resolved (see _Slot.replaced).
         if slot.record is not None:
@@ -322,7 +322,8 @@ class CommandDeviceStore(Backstore):
         assert buf is not None
         if not COMMAND_MAGIC.startswith(bytes(buf[:4])):
             return self._answer(slot, now, *self._raw_tag(buf), ResultStatus.BAD_BLOCK,
-                                f"not a command block (bad magic {bytes(buf[:4])!r}, expected {COMMAND_MAGIC!r})")
+                                f"not a command block (bad magic {bytes(buf[:4])!r}, "
+                                f"expected {COMMAND_MAGIC!r})")
         if len(buf) < COMMAND_HEADER.size:
             return  # INCOMPLETE
         tag, process = self._raw_tag(buf)
@@ -348,8 +349,8 @@ class CommandDeviceStore(Backstore):
         key = (origin, command.tag)
         record = self._live.get(key)
         if record is not None:
-            log.info("command device: %s repeated tag %#x: showing its result in slot %d, not running it again",
-                     origin or "?", command.tag, slot.index)
+            log.info("command device: %s repeated tag %#x: showing its result in slot %d, not running it "
+                     "again", origin or "?", command.tag, slot.index)
             return self._attach(slot, record, now)
         if key in self._released:
             return self._answer(slot, now, command.tag, command.process, ResultStatus.DUPLICATE,
@@ -365,30 +366,30 @@ class CommandDeviceStore(Backstore):
         self.running += 1
         self.executed += 1
         # create_task copies the current context: the command runs with its origin.
-        task = asyncio.get_running_loop().create_task(self._run(record, command, origin),
+        task = asyncio.get_running_loop().create_task(self.dispatcher.execute(command, origin),
                                                       name=f"cmddev-{origin}-{command.tag:#x}")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda t: self._finished(record, t))
 
-    async def _run(self, record: _Record, command: Command, origin: str) -> None:
-        response: Response | None = None
-        try:
-            response = await self.dispatcher.execute(command, origin)
-        except asyncio.CancelledError:
+    def _finished(self, record: _Record, task: asyncio.Task[Response]) -> None:
+        """The command's task ended (even if it was cancelled before it started)."""
+        self._tasks.discard(task)
+        self.running -= 1
+        if task.cancelled():
             response = Response(SlotState.DONE, status=ResultStatus.FAILED,
                                 error="the array stopped before the command finished")
-            raise
-        except Exception as exc:  # noqa: BLE001 - the dispatcher should not raise; be safe anyway
-            log.exception("command device: dispatcher failed on process %d", command.process)
+        elif (exc := task.exception()) is not None:  # the dispatcher should not raise; be safe anyway
+            log.error("command device: dispatcher failed on process %d", record.process, exc_info=exc)
             response = Response(SlotState.DONE, status=ResultStatus.FAILED, error=f"internal error: {exc}")
-        finally:
-            self.running -= 1
-            self._complete(record, response)
+        else:
+            response = task.result()
+        self._complete(record, response)
 
-    def _complete(self, record: _Record, response: Response | None) -> None:
+    def _complete(self, record: _Record, response: Response) -> None:
         now = self.clock()
-        if response is None:
-            response = Response(SlotState.DONE, status=ResultStatus.FAILED, error="internal error")
+        if not isinstance(response, Response):
+            response = Response(SlotState.DONE, status=ResultStatus.FAILED,
+                                error="internal error: no response")
         response.state = SlotState.DONE
         response.tag = record.tag
         response.process = record.process
@@ -406,7 +407,8 @@ class CommandDeviceStore(Backstore):
         else:
             self._note_deadline(now + self.result_ttl)
 
-    def _answer(self, slot: _Slot, now: float, tag: int, process: int, status: ResultStatus, error: str) -> None:
+    def _answer(self, slot: _Slot, now: float, tag: int, process: int, status: ResultStatus,
+                error: str) -> None:
         """Answer in ``slot`` without running anything (BAD_BLOCK, NOT_ALLOWED, DUPLICATE, BUSY)."""
         slot.buf = None
         image = Response(SlotState.DONE, tag, process, status, error).encode(limit=self.slot_size)
@@ -433,8 +435,8 @@ class CommandDeviceStore(Backstore):
 
     def _release(self, slot: _Slot, tag: int, origin: str, now: float) -> None:
         if slot.owner is None:
-            return self._ignore(f"release of slot {slot.index}, which is free", slot.index * self.slot_size, 16,
-                                origin)
+            return self._ignore(f"release of slot {slot.index}, which is free", slot.index * self.slot_size,
+                                16, origin)
         current = slot.record.tag if slot.record is not None else self._raw_tag(slot.buf or b"")[0]
         if tag != current:
             return self._ignore(f"release tag {tag:#x} does not match slot {slot.index} (tag {current:#x})",

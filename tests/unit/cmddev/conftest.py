@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from storaged.cmddev.block import (Command, Directory, Response, decode_directory, decode_response,
+from storaged.cmddev.block import (Command, Directory, Response, SlotState, decode_directory, decode_response,
                                    encode_release)
 from storaged.cmddev.commands import build_dispatcher
 from storaged.cmddev.dispatch import CommandDispatcher
@@ -111,9 +111,14 @@ class Harness:
         await self.write(who, slot * SS, pad(encode_release(tag)))
 
     async def run(self, who: str, slot: int, cmd: Command) -> Response:
+        """Send ``cmd`` and poll its slot (as a host would) until it is no longer PENDING."""
         await self.send(who, slot, cmd)
-        await self.store.wait_idle()
-        return await self.slot(who, slot)
+        for _ in range(100):
+            r = await self.slot(who, slot)
+            if r.state != SlotState.PENDING:
+                return r
+            await asyncio.sleep(0)
+        raise AssertionError(f"slot {slot} still PENDING")
 
     async def snapshot(self, who: str) -> bytes:
         """Everything this origin can read: for 'nothing changed' checks."""

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from storaged.backstore.base import Extent
-from storaged.cmddev.block import (COMMAND_HEADER, RESPONSE_HEADER, Command, Directory, ResultStatus, SlotState,
-                                   crc32c, decode_directory, decode_response, encode_release)
+from storaged.cmddev.block import (COMMAND_HEADER, RESPONSE_HEADER, Command, Directory, ResultStatus,
+                                   SlotState, crc32c, decode_directory, decode_response, encode_release)
 from storaged.cmddev.commands import Process
 from storaged.cmddev.dispatch import CommandDispatcher, CommandError
 from storaged.cmddev.store import CommandDeviceStore
@@ -81,7 +81,6 @@ async def test_full_command_cycle(h: Harness) -> None:
 async def test_reads_are_padded_per_slot_and_slot_reads_are_consistent(h: Harness) -> None:
     r = await h.run(H1, 1, Command(Process.ECHO, 5, {"x": 1}))
     whole = await h.read(H1, SS, SS)
-    block = r.__class__  # noqa: F841 - just decode checks below
     end = RESPONSE_HEADER.size + len(r.error.encode()) + len(b'{"echo":{"x":1}}')
     assert whole[end:] == bytes(SS - end)
     # an unaligned read across slots 1..2 matches the per-slot images
@@ -273,7 +272,8 @@ async def test_release_of_a_pending_command_frees_the_slot_and_keeps_the_tag() -
     await h.release(H1, 1, 7)
     assert (await h.slot(H1, 1)).state == SlotState.FREE
     # the slot can be reused while the old command still runs
-    await h.run(H1, 1, Command(2, 8))
+    await h.send(H1, 1, Command(2, 8))
+    await settle()
     assert (await h.slot(H1, 1)).tag == 8
     g.gate.set()
     await h.store.wait_idle()
@@ -579,3 +579,28 @@ async def test_directory_fills_slot_zero_exactly_when_capped() -> None:
     assert d.slots == 4076 and set(d.states) == {SlotState.FREE}
     assert decode_response(await s.read(4076 * 4096, 4096)).state == SlotState.FREE
     assert await s.read(4077 * 4096, 4096) == bytes(4096)  # past the last slot
+
+
+async def test_close_before_the_command_started() -> None:
+    g = Gated()
+    h = Harness(g.d)
+    await h.send(H1, 1, Command(1, 1))
+    h.store.close()  # the task has not run a single step yet
+    await h.store.wait_idle()
+    r = await h.slot(H1, 1)
+    assert (r.state, r.status) == (SlotState.DONE, ResultStatus.FAILED)
+    assert g.runs == [] and h.store.running == 0
+
+
+async def test_a_dispatcher_that_raises_is_contained() -> None:
+    class Broken:
+        async def execute(self, command: Command, origin: str) -> Any:
+            raise RuntimeError("dispatcher bug")
+
+    store = CommandDeviceStore(SIZE, Broken(), slot_size=SS)
+    with as_origin(H1):
+        await store.write(SS, pad(Command(1, 1).encode()))
+        await store.wait_idle()
+        r = decode_response(await store.read(SS, SS))
+    assert (r.state, r.status, r.tag) == (SlotState.DONE, ResultStatus.FAILED, 1)
+    assert "dispatcher bug" in r.error and store.running == 0
