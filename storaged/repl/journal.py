@@ -1,0 +1,331 @@
+"""Journal volumes (spec Fig. 12, 15): a ring of self-describing entries on a LUN.
+
+The primary appends one entry per host write (sequence number, time, volume, offset, data) between
+journal-in and journal-out; the secondary copies ring bytes to the same LBAs of its own journal
+and restores entries in sequence order. Entries carry CRCs and consecutive sequence numbers, so a
+ring can always be re-read from a persisted pointer: that is how journal-in is recovered after a
+crash without being persisted on every write. ``docs/replication.md`` has the byte layout.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+
+import crc32c as _crc32c
+
+from ..backstore.base import Backstore
+
+ENTRY_MAGIC = b"SDJE"
+SUPER_MAGIC = b"SDJS"
+VERSION = 1
+HEADER = struct.Struct(">4sHHQQIIQIQ8sI")  # 64 bytes
+SUPER = struct.Struct(">4sHH64sQQQI")  # magic, version, block size, group, head, end, epoch, crc
+FLAG_WRAP = 0x0001
+HEAD_LBA_BYTES = 4096  # the superblock area before the ring
+
+
+class JournalFull(Exception):
+    """No room in the ring for this write (the group's journal-full policy decides what happens)."""
+
+
+class JournalCorrupt(Exception):
+    """The ring does not hold what the pointers say (bad CRC or a sequence gap where data must be)."""
+
+
+def _crc(*parts: bytes | bytearray | memoryview) -> int:
+    value = 0
+    for p in parts:
+        value = _crc32c.crc32c(p, value)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    seq: int
+    time_ns: int
+    volume: int
+    offset: int
+    data: bytes
+    #: where the entry starts in the ring, and how many bytes it occupies there (header + padded data)
+    lba: int = 0
+    span: int = 0
+
+    @property
+    def length(self) -> int:
+        return len(self.data)
+
+
+def encode_entry(epoch: int, seq: int, time_ns: int, volume: int, offset: int,
+                 data: bytes | bytearray | memoryview, block_size: int, flags: int = 0) -> list[bytes | memoryview]:
+    """Header and data, padded to whole blocks, as buffers (the data is not copied).
+
+    ``epoch`` is the journal's incarnation (from its superblock): entries left from an earlier
+    use of the LUN never pass for current ones, even with the expected sequence number."""
+    head = HEADER.pack(ENTRY_MAGIC, VERSION, flags, seq, time_ns, volume, len(data), offset, _crc(data), epoch,
+                       bytes(8), 0)
+    head = head[:60] + _crc(head[:60]).to_bytes(4, "big")
+    pad = -(len(head) + len(data)) % block_size
+    return [head, data, bytes(pad)] if pad else [head, data]
+
+
+@dataclass(frozen=True, slots=True)
+class EntryHeader:
+    flags: int
+    seq: int
+    time_ns: int
+    volume: int
+    length: int
+    offset: int
+    data_crc: int
+    epoch: int
+
+
+def decode_header(buf: bytes | bytearray | memoryview) -> EntryHeader | None:
+    """Parse an entry header; None when the bytes are not a valid header (end of the written ring)."""
+    if len(buf) < HEADER.size or bytes(buf[:4]) != ENTRY_MAGIC:
+        return None
+    raw = bytes(buf[: HEADER.size])
+    if _crc(raw[:60]) != int.from_bytes(raw[60:64], "big"):
+        return None
+    magic, version, flags, seq, t, volume, length, offset, dcrc, epoch, _r, _c = HEADER.unpack(raw)
+    if version != VERSION:
+        return None
+    return EntryHeader(flags, seq, t, volume, length, offset, dcrc, epoch)
+
+
+def entry_span(length: int, block_size: int) -> int:
+    return -(-(HEADER.size + length) // block_size) * block_size
+
+
+@dataclass(slots=True)
+class Ring:
+    """The journal data region: byte offsets [head, end) of the journal LUN, used cyclically."""
+
+    head: int
+    end: int
+    block_size: int
+
+    @property
+    def capacity(self) -> int:
+        return self.end - self.head
+
+    def used(self, out: int, inn: int) -> int:
+        return (inn - out) % self.capacity if inn != out else 0
+
+    def distance(self, a: int, b: int) -> int:
+        """Bytes from position a forward to position b."""
+        return (b - a) % self.capacity
+
+    def place(self, at: int, span: int) -> tuple[int, bool]:
+        """Where an entry of ``span`` bytes goes when the writer is at ``at``: (position, wrapped)."""
+        if at + span <= self.end:
+            return at, False
+        return self.head, True
+
+
+def encode_superblock(group: str, block_size: int, head: int, end: int, epoch: int) -> bytes:
+    name = group.encode()[:64].ljust(64, b"\0")
+    body = SUPER.pack(SUPER_MAGIC, VERSION, block_size, name, head, end, epoch, 0)
+    body = body[:-4] + _crc(body[:-4]).to_bytes(4, "big")
+    return body.ljust(HEAD_LBA_BYTES, b"\0")
+
+
+@dataclass(frozen=True, slots=True)
+class Superblock:
+    group: str
+    block_size: int
+    head: int
+    end: int
+    epoch: int
+
+    @property
+    def ring(self) -> Ring:
+        return Ring(self.head, self.end, self.block_size)
+
+
+def decode_superblock(buf: bytes) -> Superblock | None:
+    if len(buf) < SUPER.size or buf[:4] != SUPER_MAGIC:
+        return None
+    raw = buf[: SUPER.size]
+    if _crc(raw[:-4]) != int.from_bytes(raw[-4:], "big"):
+        return None
+    _m, _v, block_size, name, head, end, epoch, _c = SUPER.unpack(raw)
+    return Superblock(name.rstrip(b"\0").decode(errors="replace"), block_size, head, end, epoch)
+
+
+@dataclass(slots=True)
+class PrimaryPointers:
+    out_pos: int  # journal-out (1511): oldest unpurged entry
+    out_seq: int  # its sequence number (= next_seq when empty)
+    in_pos: int  # journal-in (1512): where the next entry goes
+    next_seq: int
+    oldest_time_ns: int = 0  # time of the entry at journal-out, 0 when empty
+
+    def to_dict(self) -> dict[str, int]:
+        return {"out_pos": self.out_pos, "out_seq": self.out_seq, "in_pos": self.in_pos, "next_seq": self.next_seq}
+
+
+class PrimaryJournal:
+    """Appends entries for one journal group's writes; purges what the secondary has taken."""
+
+    def __init__(self, store: Backstore, sb: Superblock, ptr: PrimaryPointers) -> None:
+        self.store = store
+        self.sb = sb
+        self.group = sb.group
+        self.ring = sb.ring
+        self.ptr = ptr
+        self.entries = 0
+
+    @classmethod
+    async def format(cls, store: Backstore, group: str, block_size: int) -> PrimaryJournal:
+        sb = await format_journal(store, group, block_size)
+        return cls(store, sb, PrimaryPointers(sb.head, 1, sb.head, 1))
+
+    @classmethod
+    async def open(cls, store: Backstore, group: str, out_pos: int, out_seq: int) -> tuple[PrimaryJournal, list[Entry]]:
+        """Reopen after a restart: find journal-in by scanning from the persisted journal-out.
+
+        Returns the journal and the entries found (the caller redoes them on the P-VOLs, since a
+        crash may have come between the journal write and the volume write)."""
+        sb = await load_superblock(store, group)
+        ring = sb.ring
+        j = cls(store, sb, PrimaryPointers(out_pos, out_seq, out_pos, out_seq))
+        found = await j.scan(out_pos, out_seq, stop_at=None)
+        if found:
+            last = found[-1]
+            j.ptr.in_pos = last.lba + last.span
+            if j.ptr.in_pos >= ring.end:
+                j.ptr.in_pos = ring.head
+            j.ptr.next_seq = last.seq + 1
+            j.ptr.oldest_time_ns = found[0].time_ns
+        j.entries = len(found)
+        return j, found
+
+    async def scan(self, pos: int, seq: int, stop_at: int | None) -> list[Entry]:
+        """Read consecutive entries from ``pos`` (expected to hold ``seq``) until the data ends."""
+        return await read_entries(self.store, self.sb, pos, seq, stop_at)
+
+    # --- appending -----------------------------------------------------------------------------
+
+    def free(self) -> int:
+        return self.ring.capacity - self.ring.used(self.ptr.out_pos, self.ptr.in_pos) - self.ring.block_size
+
+    def fits(self, length: int) -> bool:
+        span = entry_span(length, self.ring.block_size)
+        pos, wrapped = self.ring.place(self.ptr.in_pos, span)
+        waste = self.ring.end - self.ptr.in_pos if wrapped else 0
+        return span + waste <= self.free()
+
+    async def append(self, volume: int, offset: int, data: bytes | bytearray | memoryview,
+                     time_ns: int | None = None) -> Entry:
+        """Write one entry at journal-in; the caller holds the group lock (one write order)."""
+        if not self.fits(len(data)):
+            raise JournalFull(f"journal of group {self.group} is full ({self.ring.used(self.ptr.out_pos, self.ptr.in_pos)}"
+                              f" of {self.ring.capacity} bytes in use)")
+        bs = self.ring.block_size
+        span = entry_span(len(data), bs)
+        pos, wrapped = self.ring.place(self.ptr.in_pos, span)
+        epoch = self.sb.epoch
+        if wrapped:
+            # The rest of the ring is unused: a marker sends readers back to the head.
+            marker = encode_entry(epoch, self.ptr.next_seq, 0, 0, 0, b"", bs, FLAG_WRAP)
+            await self.store.write(self.ptr.in_pos, b"".join(marker))
+        t = time_ns if time_ns is not None else time.time_ns()
+        seq = self.ptr.next_seq
+        await self.store.write(pos, b"".join(encode_entry(epoch, seq, t, volume, offset, data, bs)))
+        nxt = pos + span
+        if self.entries == 0:
+            self.ptr.oldest_time_ns = t
+        self.ptr.in_pos = nxt if nxt < self.ring.end else self.ring.head
+        self.ptr.next_seq = seq + 1
+        self.entries += 1
+        return Entry(seq, t, volume, offset, bytes(data), pos, span)
+
+    async def flush(self) -> None:
+        await self.store.flush()
+
+    # --- purging -------------------------------------------------------------------------------
+
+    async def purge(self, upto_pos: int, upto_seq: int) -> None:
+        """Free every entry before ``upto_pos`` (which holds ``upto_seq``, or is journal-in)."""
+        if upto_seq < self.ptr.out_seq or upto_seq > self.ptr.next_seq:
+            raise ValueError(f"purge to sequence {upto_seq} outside {self.ptr.out_seq}..{self.ptr.next_seq}")
+        if upto_seq == self.ptr.next_seq:
+            upto_pos = self.ptr.in_pos
+        freed = upto_seq - self.ptr.out_seq
+        self.ptr.out_pos = upto_pos
+        self.ptr.out_seq = upto_seq
+        self.entries = max(0, self.entries - freed)
+        if self.entries == 0:
+            self.ptr.oldest_time_ns = 0
+        else:
+            hdr = decode_header(await self.store.read(upto_pos, HEADER.size))
+            if hdr is not None and hdr.flags & FLAG_WRAP:
+                self.ptr.out_pos = self.ring.head
+                hdr = decode_header(await self.store.read(self.ring.head, HEADER.size))
+            self.ptr.oldest_time_ns = hdr.time_ns if hdr is not None else 0
+
+    def status(self) -> dict[str, int]:
+        used = self.ring.used(self.ptr.out_pos, self.ptr.in_pos)
+        return {"journal_out": self.ptr.out_pos, "journal_in": self.ptr.in_pos, "out_seq": self.ptr.out_seq,
+                "next_seq": self.ptr.next_seq, "entries": self.entries, "bytes_used": used,
+                "capacity": self.ring.capacity, "head": self.ring.head, "end": self.ring.end,
+                "oldest_time_ns": self.ptr.oldest_time_ns}
+
+
+async def format_journal(store: Backstore, group: str, block_size: int) -> Superblock:
+    """Give a LUN to a journal group: a fresh superblock with a new epoch; the ring starts empty."""
+    import secrets
+
+    end = store.size - store.size % block_size
+    if end - HEAD_LBA_BYTES < 64 * block_size:
+        raise ValueError(f"a journal LUN of {store.size} bytes is too small")
+    sb = Superblock(group, block_size, HEAD_LBA_BYTES, end, secrets.randbits(63) or 1)
+    await store.write(0, encode_superblock(group, block_size, sb.head, sb.end, sb.epoch), fua=True)
+    return sb
+
+
+async def load_superblock(store: Backstore, group: str) -> Superblock:
+    sb = decode_superblock(await store.read(0, HEAD_LBA_BYTES))
+    if sb is None or sb.group != group:
+        raise JournalCorrupt(f"the journal LUN holds no superblock for group {group!r}")
+    return sb
+
+
+async def read_entries(store: Backstore, sb: Superblock, pos: int, seq: int, stop_at: int | None,
+                       max_bytes: int = 1 << 62) -> list[Entry]:
+    """Consecutive valid entries from ``pos`` (first must carry ``seq``), following wrap markers,
+    up to ``stop_at`` (a ring position) or the first invalid header; data CRCs are verified."""
+    ring = sb.ring
+    out: list[Entry] = []
+    total = 0
+    bs = ring.block_size
+    while total < max_bytes:
+        if stop_at is not None and pos == stop_at:
+            break
+        hdr = decode_header(await store.read(pos, bs))
+        if hdr is None or hdr.seq != seq or hdr.epoch != sb.epoch:
+            if stop_at is not None:
+                raise JournalCorrupt(f"no entry {seq} at ring position {pos}")
+            break
+        if hdr.flags & FLAG_WRAP:
+            pos = ring.head
+            continue
+        span = entry_span(hdr.length, bs)
+        if pos + span > ring.end:
+            raise JournalCorrupt(f"entry {seq} at {pos} runs past the ring end")
+        raw = await store.read(pos, span)
+        data = raw[HEADER.size : HEADER.size + hdr.length]
+        if _crc(data) != hdr.data_crc:
+            if stop_at is not None:
+                raise JournalCorrupt(f"entry {seq} at {pos}: data checksum mismatch")
+            break  # a torn tail after a crash: the entry was never acknowledged
+        out.append(Entry(hdr.seq, hdr.time_ns, hdr.volume, hdr.offset, bytes(data), pos, span))
+        total += span
+        seq += 1
+        pos += span
+        if pos >= ring.end:
+            pos = ring.head
+    return out
