@@ -234,7 +234,9 @@ class Array:
             "uptime": round(time.time() - self.started, 1),
             "portal": f"{self.address[0]}:{self.address[1]}" if self.address else None,
             "luns": luns,
-            "lun_map": [{"target": e["target"], "lun": e["lun"], **e["map"]} for e in luns if e["map"]],
+            "lun_map": [{"target": e["target"], "lun": e["lun"], "array": e["map"]["array"],
+                         "remote_target": e["map"]["target"], "remote_lun": e["map"]["lun"],
+                         "state": e["map"]["state"]} for e in luns if e["map"]],
             "command_devices": self.command_devices(),
             "links": self.link_status()["links"],
         }

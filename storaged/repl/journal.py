@@ -23,6 +23,7 @@ VERSION = 1
 HEADER = struct.Struct(">4sHHQQIIQIQ8sI")  # 64 bytes
 SUPER = struct.Struct(">4sHH64sQQQI")  # magic, version, block size, group, head, end, epoch, crc
 FLAG_WRAP = 0x0001
+FLAG_ZERO = 0x0002  # the range reads as zeros from now on (UNMAP, WRITE SAME of zeros): no data follows
 HEAD_LBA_BYTES = 4096  # the superblock area before the ring
 
 
@@ -51,19 +52,23 @@ class Entry:
     #: where the entry starts in the ring, and how many bytes it occupies there (header + padded data)
     lba: int = 0
     span: int = 0
+    #: for a zeroing entry (no data): how many bytes from ``offset`` read as zeros
+    zero_length: int = 0
 
     @property
     def length(self) -> int:
-        return len(self.data)
+        return self.zero_length or len(self.data)
 
 
 def encode_entry(epoch: int, seq: int, time_ns: int, volume: int, offset: int,
-                 data: bytes | bytearray | memoryview, block_size: int, flags: int = 0) -> list[bytes | memoryview]:
+                 data: bytes | bytearray | memoryview, block_size: int, flags: int = 0,
+                 zero_length: int = 0) -> list[bytes | memoryview]:
     """Header and data, padded to whole blocks, as buffers (the data is not copied).
 
     ``epoch`` is the journal's incarnation (from its superblock): entries left from an earlier
     use of the LUN never pass for current ones, even with the expected sequence number."""
-    head = HEADER.pack(ENTRY_MAGIC, VERSION, flags, seq, time_ns, volume, len(data), offset, _crc(data), epoch,
+    length = zero_length if flags & FLAG_ZERO else len(data)
+    head = HEADER.pack(ENTRY_MAGIC, VERSION, flags, seq, time_ns, volume, length, offset, _crc(data), epoch,
                        bytes(8), 0)
     head = head[:60] + _crc(head[:60]).to_bytes(4, "big")
     pad = -(len(head) + len(data)) % block_size
@@ -219,8 +224,10 @@ class PrimaryJournal:
         return span + waste <= self.free()
 
     async def append(self, volume: int, offset: int, data: bytes | bytearray | memoryview,
-                     time_ns: int | None = None) -> Entry:
-        """Write one entry at journal-in; the caller holds the group lock (one write order)."""
+                     time_ns: int | None = None, zero_length: int = 0) -> Entry:
+        """Write one entry at journal-in; the caller holds the group lock (one write order).
+
+        With ``zero_length`` the entry says "this range now reads as zeros" and carries no data."""
         if not self.fits(len(data)):
             raise JournalFull(f"journal of group {self.group} is full ({self.ring.used(self.ptr.out_pos, self.ptr.in_pos)}"
                               f" of {self.ring.capacity} bytes in use)")
@@ -234,14 +241,15 @@ class PrimaryJournal:
             await self.store.write(self.ptr.in_pos, b"".join(marker))
         t = time_ns if time_ns is not None else time.time_ns()
         seq = self.ptr.next_seq
-        await self.store.write(pos, b"".join(encode_entry(epoch, seq, t, volume, offset, data, bs)))
+        flags = FLAG_ZERO if zero_length else 0
+        await self.store.write(pos, b"".join(encode_entry(epoch, seq, t, volume, offset, data, bs, flags, zero_length)))
         nxt = pos + span
         if self.entries == 0:
             self.ptr.oldest_time_ns = t
         self.ptr.in_pos = nxt if nxt < self.ring.end else self.ring.head
         self.ptr.next_seq = seq + 1
         self.entries += 1
-        return Entry(seq, t, volume, offset, bytes(data), pos, span)
+        return Entry(seq, t, volume, offset, bytes(data), pos, span, zero_length)
 
     async def flush(self) -> None:
         await self.store.flush()
@@ -313,16 +321,18 @@ async def read_entries(store: Backstore, sb: Superblock, pos: int, seq: int, sto
         if hdr.flags & FLAG_WRAP:
             pos = ring.head
             continue
-        span = entry_span(hdr.length, bs)
+        data_len = 0 if hdr.flags & FLAG_ZERO else hdr.length
+        span = entry_span(data_len, bs)
         if pos + span > ring.end:
             raise JournalCorrupt(f"entry {seq} at {pos} runs past the ring end")
         raw = await store.read(pos, span)
-        data = raw[HEADER.size : HEADER.size + hdr.length]
+        data = raw[HEADER.size : HEADER.size + data_len]
         if _crc(data) != hdr.data_crc:
             if stop_at is not None:
                 raise JournalCorrupt(f"entry {seq} at {pos}: data checksum mismatch")
             break  # a torn tail after a crash: the entry was never acknowledged
-        out.append(Entry(hdr.seq, hdr.time_ns, hdr.volume, hdr.offset, bytes(data), pos, span))
+        out.append(Entry(hdr.seq, hdr.time_ns, hdr.volume, hdr.offset, bytes(data), pos, span,
+                         hdr.length if hdr.flags & FLAG_ZERO else 0))
         total += span
         seq += 1
         pos += span
