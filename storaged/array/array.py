@@ -28,6 +28,8 @@ from ..remote.link import LinkServer, PeerLink
 from ..remote.protocol import Status
 from ..scsi.lu import LogicalUnit
 from ..scsi.target import ScsiTarget
+from ..repl.commands import register_replication
+from ..repl.manager import Replication
 from .virtual import RemoteBackstore
 from .volumes import LuVolume
 
@@ -66,6 +68,8 @@ class Array:
         self.link_address: tuple[str, int] | None = None
         self.started = time.time()
         self.dispatcher = build_dispatcher(self)
+        self.repl = Replication(self)
+        register_replication(self.dispatcher, self.repl)
         self._cache_path = os.path.join(cfg.data_dir, "peer-volumes.json")
         self._refreshing: set[asyncio.Task[None]] = set()
 
@@ -193,6 +197,8 @@ class Array:
             return self.array_info()
         if method == "ping":
             return {"array": self.name, "time": time.time()}
+        if method.startswith("repl."):
+            return await self.repl.handle_call(peer, method, params)
         raise RemoteError(Status.BAD_REQUEST, f"unknown method {method!r}")
 
     # --- ArrayControl: what command devices report ----------------------------------------------
@@ -282,6 +288,7 @@ class Array:
             log.info("remote link listening on %s:%d (peers: %s)", *self.link_address,
                      ", ".join(p.name for p in rc.peers) or "none")
         self.start_links()
+        await self.repl.start()  # P-VOLs journal (and S-VOLs are protected) before any host connects
         ic = self.cfg.iscsi
         host, port = parse_hostport(ic.listen, "iscsi.listen", self.cfg.source)
         portal = self.portal((host, port))
@@ -297,6 +304,7 @@ class Array:
     async def stop(self) -> None:
         if self.iscsi is not None:
             await self.iscsi.close()
+        await self.repl.stop()
         for link in self.links.values():
             await link.close()
         if self.link_server is not None:

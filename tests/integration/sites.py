@@ -59,7 +59,9 @@ class Sites:
     def linked(self, timeout: float = 20.0) -> bool:
         """Both arrays report their link up and their virtual volumes attached."""
         return wait_for(lambda: self.a.log.count("virtual volume of site-b") >= 2
-                        and self.b.log.count("virtual volume of site-a") >= 2, timeout)
+                        and self.b.log.count("virtual volume of site-a") >= 2
+                        and "remote link to site-b is up" in self.a.log
+                        and "remote link to site-a is up" in self.b.log, timeout)
 
     def stop(self) -> None:
         self.a.stop()

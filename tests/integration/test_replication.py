@@ -1,0 +1,138 @@
+"""Remote copy between two real arrays: pair formation with initial copy, journal replication,
+crash restarts of either array, split and differential resync, delete."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from hostctl.client import CommandDeviceClient
+from hostctl.device import IscsiDevice
+from storaged.iscsi.initiator import IscsiSession
+
+from .sites import Sites, iqn, start_sites
+
+pytestmark = pytest.mark.integration
+
+PVOL, SVOL, PJNL, SJNL = 0, 0, 1, 1
+SIZE = 64 << 20
+
+
+def write16(lba: int, blocks: int) -> bytes:
+    return bytes([0x8A, 0]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + b"\0\0"
+
+
+def read16(lba: int, blocks: int) -> bytes:
+    return bytes([0x88, 0]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + b"\0\0"
+
+
+async def session(port: int, site: str) -> IscsiSession:
+    s = IscsiSession()
+    await s.login("127.0.0.1", port, iqn(site), initiator=f"iqn.2026-11.test:writer-{site}")
+    return s
+
+
+async def volume_digest(port: int, site: str, lun: int) -> str:
+    s = await session(port, site)
+    h = hashlib.sha256()
+    for off in range(0, SIZE, 4 << 20):
+        r = await s.scsi(lun, read16(off // 512, (4 << 20) // 512), read_length=4 << 20)
+        assert r.status == 0
+        h.update(r.data)
+    await s.logout()
+    return h.hexdigest()
+
+
+async def random_writes(port: int, n: int, rng: random.Random) -> None:
+    s = await session(port, "site-a")
+    for _ in range(n):
+        blocks = rng.choice([1, 8, 64, 256])
+        lba = rng.randrange(0, SIZE // 512 - blocks)
+        r = await s.scsi(PVOL, write16(lba, blocks), data_out=os.urandom(blocks * 512))
+        assert r.status == 0, r
+    await s.logout()
+
+
+async def command(port: int, site: str, process: int, params: dict, check: bool = True):  # type: ignore[no-untyped-def]
+    dev = await IscsiDevice.open(f"iscsi://127.0.0.1:{port}/{iqn(site)}/2", initiator="iqn.2026-11.test:admin")
+    try:
+        return await CommandDeviceClient(dev, initiator="iqn.2026-11.test:admin").run(process, params, timeout=60,
+                                                                                          check=check)
+    finally:
+        await dev.close()
+
+
+async def wait_state(sites: Sites, state: str, timeout: float = 60) -> dict:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        r = await command(sites.b.port, "site-b", 17, {"group": "g1"})
+        g = r.data["groups"][0]
+        if g["state"] == state:
+            return g
+        assert asyncio.get_running_loop().time() < deadline, f"group stuck in {g['state']}: {g}"
+        await asyncio.sleep(0.3)
+
+
+async def drained_and_equal(sites: Sites) -> None:
+    r = await command(sites.b.port, "site-b", 25, {"group": "g1", "timeout": 60})
+    assert r.data["result"] == "DONE", r.data
+    assert await volume_digest(sites.a.port, "site-a", PVOL) == await volume_digest(sites.b.port, "site-b", SVOL)
+
+
+def test_pair_lifecycle_with_crashes(tmp_path: Path) -> None:
+    sites = start_sites(tmp_path)
+    rng = random.Random(7)
+
+    async def scenario() -> None:
+        assert sites.linked()
+        await random_writes(sites.a.port, 40, rng)  # data before the pair exists: the initial copy
+        r = await command(sites.b.port, "site-b", 16, {"group": "g1", "peer": "site-a", "pvol": PVOL, "svol": SVOL,
+                                                       "pjnl": PJNL, "sjnl": SJNL})
+        assert r.data["state"] == "COPY"
+        await random_writes(sites.a.port, 40, rng)  # host writes during the copy are journaled
+        await wait_state(sites, "PAIR")
+        await drained_and_equal(sites)
+        # S-VOL is read-only to hosts while paired
+        sb = await session(sites.b.port, "site-b")
+        w = await sb.scsi(SVOL, write16(0, 1), data_out=bytes(512))
+        assert w.status == 2 and w.sense_key == 0x07  # DATA PROTECT
+        await sb.logout()
+        # the secondary is killed and comes back: replication resumes
+        sites.b.kill()
+        await random_writes(sites.a.port, 30, rng)
+        sites.b.start()
+        assert sites.linked()
+        await random_writes(sites.a.port, 10, rng)
+        await drained_and_equal(sites)
+        # the primary is killed (acknowledged writes in its journal) and comes back
+        await random_writes(sites.a.port, 30, rng)
+        sites.a.kill()
+        sites.a.start()
+        assert sites.linked()
+        await random_writes(sites.a.port, 10, rng)
+        await drained_and_equal(sites)
+        # split, write on the primary, resync copies only what changed
+        r = await command(sites.b.port, "site-b", 18, {"group": "g1"})
+        assert r.data["state"] == "PSUS"
+        bad = await command(sites.b.port, "site-b", 18, {"group": "g1"}, check=False)
+        assert bad.status.name == "WRONG_STATE" and "PSUS" in bad.error
+        await random_writes(sites.a.port, 20, rng)
+        r = await command(sites.b.port, "site-b", 19, {"group": "g1"})
+        assert r.data["state"] == "COPY" and 0 < sum(r.data["regions"].values()) <= 20
+        await wait_state(sites, "PAIR")
+        await random_writes(sites.a.port, 10, rng)
+        await drained_and_equal(sites)
+        shown = await wait_state(sites, "PAIR")
+        assert shown["lag_seconds"] == 0.0 and shown["behind"]["entries"] == 0
+        r = await command(sites.b.port, "site-b", 20, {"group": "g1"})
+        assert r.data["state"] == "SMPL"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sites.stop()
