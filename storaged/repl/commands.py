@@ -20,6 +20,7 @@ class ReplProcess(enum.IntEnum):
     JOURNAL_RESTORE = 23
     JOURNAL_PURGE = 24
     PAIR_SYNCWAIT = 25
+    TAKEOVER = 26
 
 
 def register_replication(dispatcher: CommandDispatcher, repl: Replication) -> None:
@@ -36,7 +37,8 @@ def register_replication(dispatcher: CommandDispatcher, repl: Replication) -> No
         return await repl.split(str(params["group"]), bool(params.get("rw", False)))
 
     async def pair_resync(params: dict[str, Any], origin: str) -> dict[str, Any]:
-        return await repl.resync(str(params["group"]), bool(params.get("force", False)))
+        return await repl.resync(str(params["group"]), bool(params.get("force", False)),
+                                 bool(params.get("swap", False)))
 
     async def pair_delete(params: dict[str, Any], origin: str) -> dict[str, Any]:
         return await repl.delete(str(params["group"]))
@@ -64,7 +66,11 @@ def register_replication(dispatcher: CommandDispatcher, repl: Replication) -> No
         return await repl.syncwait(str(params["group"]), None if seq is None else int(seq),
                                    float(params.get("timeout", 30.0)))
 
+    async def takeover(params: dict[str, Any], origin: str) -> dict[str, Any]:
+        return await repl.takeover(str(params["group"]), bool(params.get("dry_run", False)))
+
     for process, handler in [
+        (P.TAKEOVER, takeover),
         (P.PAIR_CREATE, pair_create), (P.PAIR_DISPLAY, pair_display), (P.PAIR_SPLIT, pair_split),
         (P.PAIR_RESYNC, pair_resync), (P.PAIR_DELETE, pair_delete), (P.JOURNAL_STATUS, journal_status),
         (P.JOURNAL_ACQUIRE, journal_acquire), (P.JOURNAL_RESTORE, journal_restore),

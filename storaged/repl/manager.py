@@ -123,6 +123,7 @@ class Replication:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._progress = asyncio.Event()
+        self._last_primary: dict[str, dict[str, Any]] = {}
 
     # --- persistence ---------------------------------------------------------------------------
 
@@ -162,7 +163,7 @@ class Replication:
     @staticmethod
     def _inner(lu: LogicalUnit) -> Backstore:
         store = lu.backstore
-        return store.inner if isinstance(store, JournaledStore) else store
+        return store.inner if isinstance(store, (JournaledStore, _TrackedStore)) else store
 
     def _link(self, group: Group):  # type: ignore[no-untyped-def]
         link = self.array.links.get(group.peer)
@@ -191,6 +192,8 @@ class Replication:
             else:
                 self.secondary_journal[g.name] = Superblock(g.name, g.block_size, g.head, g.end, g.epoch)
                 self._protect(g)
+                if g.state == "SSWS":
+                    self._track_writes(g)
                 self._spawn(g)
 
     async def stop(self) -> None:
@@ -322,6 +325,12 @@ class Replication:
                 return await self._primary_resync(str(params["group"]))
             if method == "repl.delete":
                 return await self._primary_delete(str(params["group"]))
+            if method == "repl.fence":
+                return await self._fence(str(params["group"]), str(params.get("why", "")))
+            if method == "repl.become_secondary":
+                return await self._become_secondary(peer, params)
+            if method == "repl.lost_writes":
+                return await self._lost_writes(str(params["group"]), int(params["from_seq"]))
         except CommandError as exc:
             raise RemoteError(Status.WRONG_STATE if exc.status == ResultStatus.WRONG_STATE else Status.BAD_REQUEST,
                               str(exc)) from None
@@ -362,6 +371,78 @@ class Replication:
         self.orders.pop(name, None)
         self.save()
         return {"state": "SMPL"}
+
+    async def _fence(self, name: str, why: str) -> dict[str, Any]:
+        """Stop host writes to the P-VOLs (takeover by the peer): they answer DATA PROTECT from now on.
+        Taken under the write-order lock, so every write already acknowledged is in the journal."""
+        g = self._primary(name)
+        async with self.orders[name].lock:
+            for p in g.pairs:
+                self._lu(p.pvol, "P-VOL").write_protected = True
+            if why:
+                g.set_state("PSUE", why)
+                self.save()
+        log.warning("group %s: P-VOLs fenced (read-only)%s", name, f": {why}" if why else "")
+        return await self.primary_status(name)
+
+    async def _lost_writes(self, name: str, from_seq: int) -> dict[str, Any]:
+        """What this old primary acknowledged that the peer never acquired: entries from ``from_seq``
+        on, plus regions written while suspended. A reverse resync overwrites them."""
+        g = self._primary(name)
+        j = self.journals[name]
+        regions: dict[str, set[int]] = {k: set(v) for k, v in g.dirty.items()}
+        entries = n_bytes = 0
+        first_ns = last_ns = 0
+        if from_seq < j.ptr.next_seq:
+            pos = j.ptr.out_pos
+            seq = j.ptr.out_seq
+            for e in await j.scan(pos, seq, stop_at=j.ptr.in_pos):
+                if e.seq < from_seq:
+                    continue
+                entries += 1
+                n_bytes += e.length
+                first_ns = first_ns or e.time_ns
+                last_ns = e.time_ns
+                regions.setdefault(str(e.volume), set()).update(
+                    range(e.offset // REGION, (e.offset + max(e.length, 1) - 1) // REGION + 1))
+        dirty_regions = sum(len(v) for v in g.dirty.values())
+        return {"entries": entries, "bytes": n_bytes, "first_ns": first_ns, "last_ns": last_ns,
+                "dirty_regions": dirty_regions, "regions": {k: sorted(v) for k, v in regions.items()},
+                "region": REGION}
+
+    async def _become_secondary(self, peer: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Swap (Fig. 20): this array stops journaling and turns its group into the secondary of
+        ``peer``, whose new primary journal is described in ``params``."""
+        name = str(params["group"])
+        g = self._primary(name)
+        order = self.orders[name]
+        async with order.lock:
+            for p in g.pairs:
+                self._unwrap(p.pvol)
+                self._lu(p.pvol, "S-VOL").write_protected = True
+            order.journaling = False
+        self.journals.pop(name, None)
+        self.orders.pop(name, None)
+        pairs = [Pair(pvol=p.svol, svol=p.pvol, state="PAIR", size=p.size, copied=p.size) for p in g.pairs]
+        ng = Group(name, "secondary", peer, pjnl=int(params["pjnl"]), sjnl=g.pjnl, pairs=pairs, state="PAIR",
+                   epoch=int(params["epoch"]), head=int(params["head"]), end=int(params["end"]),
+                   block_size=int(params["block_size"]), restored_pos=int(params["in_pos"]),
+                   restored_seq=int(params["next_seq"]), read_pos=int(params["in_pos"]), read_seq=int(params["next_seq"]))
+        regions = params.get("copy_regions")
+        if regions is not None:  # a reverse resync: copy these regions from the new primary first
+            ng.set_state("COPY")
+            for p in ng.pairs:
+                p.state, p.copied = "COPY", 0
+            self._resync_regions = getattr(self, "_resync_regions", {})
+            self._resync_regions[name] = {int(k): [tuple(r) for r in v] for k, v in regions.items()}
+        jstore = self._inner(self._lu(ng.sjnl, "secondary journal"))
+        await jstore.write(0, encode_superblock(name, ng.block_size, ng.head, ng.end, ng.epoch), fua=True)
+        self.secondary_journal[name] = Superblock(name, ng.block_size, ng.head, ng.end, ng.epoch)
+        self.groups[name] = ng
+        self.save()
+        log.warning("group %s: swapped: %s is now the primary, this array the secondary (%s)", name, peer, ng.state)
+        self._spawn(ng)
+        return {"group": name, "state": ng.state, "role": "secondary"}
 
     # --- secondary side: pair formation and the copy ---------------------------------------------
 
@@ -527,6 +608,7 @@ class Replication:
         """One round of the Fig. 16 loop, as the secondary runs it by itself."""
         async with self.lock(g.name):
             got = await self.acquire(g)
+            self._last_primary[g.name] = got["primary"]
             restored = await self.restore(g) if g.state != "COPY" else 0
             if got["acquired"]:
                 await self.purge_primary(g)
@@ -538,7 +620,7 @@ class Replication:
 
     async def _run(self, name: str) -> None:
         """The secondary's own loop: finish any copy, then acquire/restore/purge every interval."""
-        while name in self.groups:
+        while name in self.groups and self.groups[name].role == "secondary":
             g = self.groups[name]
             try:
                 if g.state == "COPY":
@@ -571,6 +653,123 @@ class Replication:
                     await self._call(g, "repl.state", {"group": g.name, "state": "PAIR"})
                 except CommandError as exc:
                     g.error = str(exc)
+
+    # --- takeover and swap (Fig. 17-21) ----------------------------------------------------------
+
+    async def takeover(self, name: str, dry_run: bool) -> dict[str, Any]:
+        """Make this secondary the writable side: a swap when the primary answers, SSWS when not."""
+        g = self._group(name)
+        if g.role != "secondary":
+            raise CommandError(ResultStatus.BAD_PARAMETER, f"group {name} is already primary here; nothing to take over")
+        if g.state not in ("PAIR", "PSUE", "PSUS"):
+            raise _wrong_state(g, "takeover", ("PAIR", "PSUE", "PSUS"))
+        try:
+            st = await self._link(g).call("repl.journal_status", {"group": name}, timeout=3.0)
+            reachable = True
+        except (LinkError, RemoteError):
+            st, reachable = self._last_primary.get(name, {}), False
+        unrestored = g.read_seq - g.restored_seq
+        unread = max(0, int(st.get("next_seq", g.read_seq)) - g.read_seq)
+        variant = "swap" if reachable and g.state == "PAIR" else "svol-takeover"
+        plan = {"group": name, "variant": variant, "primary_reachable": reachable,
+                "to_restore": {"entries": unrestored + (unread if reachable else 0)},
+                "at_risk": {"entries": 0 if reachable else unread,
+                            "known_as_of_ns": st.get("now_ns"),
+                            "note": "" if reachable else "entries the primary had journaled but this array never "
+                                                          "acquired, as of the last contact; later writes are unknown"}}
+        if dry_run:
+            return plan
+        async with self.lock(name):
+            if variant == "swap":
+                await self._swap(g)
+            else:
+                await self.restore(g) if g.state != "COPY" else None
+                g.set_state("SSWS", "" if reachable else "takeover while the primary was unreachable")
+                g.writable = True
+                self._protect(g)
+                self._track_writes(g)
+                self.save()
+                log.warning("group %s: takeover: S-VOLs writable (SSWS); writes tracked for a reverse resync", name)
+        return {**plan, "state": self.groups[name].state, "role": self.groups[name].role}
+
+    def _track_writes(self, g: Group) -> None:
+        for p in g.pairs:
+            lu = self._lu(p.svol, "S-VOL")
+            if not isinstance(lu.backstore, _TrackedStore):
+                lu.backstore = _TrackedStore(lu.backstore, lambda off, n, v=p.pvol: self._sdirty(g, v, off, n))
+
+    def _sdirty(self, g: Group, volume: int, offset: int, length: int) -> None:
+        regions = set(g.dirty.get(str(volume), []))
+        new = set(range(offset // REGION, (offset + max(length, 1) - 1) // REGION + 1)) - regions
+        if new:
+            g.dirty[str(volume)] = sorted(regions | new)
+            self.save()
+
+    async def _become_primary(self, g: Group) -> dict[str, Any]:
+        """This array's S-VOLs become P-VOLs journaling into its (old secondary) journal LUN."""
+        name = g.name
+        for p in g.pairs:
+            lu = self._lu(p.svol, "S-VOL")
+            if isinstance(lu.backstore, _TrackedStore):
+                lu.backstore = lu.backstore.inner
+        pairs = [Pair(pvol=p.svol, svol=p.pvol, state="PAIR", size=p.size, copied=p.size) for p in g.pairs]
+        ng = Group(name, "primary", g.peer, pjnl=g.sjnl, sjnl=g.pjnl, pairs=pairs, state="PAIR")
+        self.secondary_journal.pop(name, None)
+        await self._attach_primary(ng, reopen=False)
+        for p in ng.pairs:
+            self._lu(p.pvol, "P-VOL").write_protected = False
+        self.groups[name] = ng
+        self.save()
+        j = self.journals[name]
+        return {"group": name, "pjnl": ng.pjnl, "epoch": j.sb.epoch, "head": j.sb.head, "end": j.sb.end,
+                "block_size": j.sb.block_size, "in_pos": j.ptr.in_pos, "next_seq": j.ptr.next_seq}
+
+    async def _swap(self, g: Group) -> None:
+        name = g.name
+        final = await self._call(g, "repl.fence", {"group": name})  # no more host writes on the old primary
+        await self.acquire(g, final["journal_in"])
+        await self.restore(g)
+        if g.restored_seq != final["next_seq"]:  # Fig. 19 S1905: restore must be complete before the swap
+            raise CommandError(ResultStatus.FAILED, f"restore incomplete ({g.restored_seq} of {final['next_seq']})")
+        await self.purge_primary(g)
+        task = self._tasks.pop(name, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        info = await self._become_primary(g)
+        await self._call(g, "repl.become_secondary", info)
+        log.warning("group %s: swapped: this array is now the primary of %s", name, g.peer)
+
+    async def resync_swap(self, name: str, force: bool) -> dict[str, Any]:
+        """Reverse resync after an SSWS takeover (like ``pairresync -swaps``): this array becomes
+        the primary and the old primary copies back only what differs."""
+        g = self._group(name)
+        if g.role != "secondary" or g.state != "SSWS":
+            raise _wrong_state(g, "pairresync with swap", ("SSWS",))
+        lost = await self._call(g, "repl.lost_writes", {"group": name, "from_seq": g.read_seq})
+        if (lost["entries"] or lost["dirty_regions"]) and not force:
+            when = ""
+            if lost["first_ns"]:
+                when = (f", written between {time.strftime('%H:%M:%S', time.localtime(lost['first_ns'] / 1e9))} and "
+                        f"{time.strftime('%H:%M:%S', time.localtime(lost['last_ns'] / 1e9))}")
+            raise CommandError(ResultStatus.WRONG_STATE,
+                               f"resync would discard {lost['entries']} writes ({lost['bytes']} bytes{when}) and "
+                               f"{lost['dirty_regions']} changed MiB-regions on {g.peer} that never reached "
+                               f"{self.array.name}; repeat with force to accept losing them")
+        async with self.lock(name):
+            region = int(lost["region"])
+            regions: dict[str, set[int]] = {k: set(v) for k, v in lost["regions"].items()}
+            for vol, regs in g.dirty.items():
+                regions.setdefault(vol, set()).update(regs)
+            await self._call(g, "repl.fence", {"group": name, "why": f"{self.array.name} took over"})
+            sizes = {p.pvol: p.size for p in g.pairs}
+            svol_of = {p.pvol: p.svol for p in g.pairs}
+            copy = {str(svol_of[int(v)]): [(r * region, min(region, sizes[int(v)] - r * region)) for r in sorted(rs)]
+                    for v, rs in regions.items()}
+            g.dirty = {}
+            info = await self._become_primary(g)
+            await self._call(g, "repl.become_secondary", {**info, "copy_regions": copy})
+        return {"group": name, "state": "COPY", "role": "primary",
+                "copied_regions": sum(len(v) for v in copy.values())}
 
     # --- commands common to both sides ----------------------------------------------------------
 
@@ -645,8 +844,10 @@ class Replication:
             self.save()
         return {"group": name, "state": g.state, "writable": g.writable}
 
-    async def resync(self, name: str, force: bool) -> dict[str, Any]:
+    async def resync(self, name: str, force: bool, swap: bool = False) -> dict[str, Any]:
         g = self._group(name)
+        if swap or g.state == "SSWS":
+            return await self.resync_swap(name, force)
         if g.role != "secondary":
             raise CommandError(ResultStatus.BAD_PARAMETER, "run pairresync on the S-VOL's array (the secondary)")
         if g.state not in ("PSUS", "PSUE"):
@@ -735,3 +936,38 @@ class Replication:
 
 def _next_pos(sb: Superblock, pos: int) -> int:
     return sb.head if pos >= sb.end else pos
+
+
+class _TrackedStore(Backstore):
+    """An S-VOL made writable by takeover: writes go through and their regions are recorded, so a
+    reverse resync copies only what changed."""
+
+    def __init__(self, inner: Backstore, mark: Any) -> None:
+        self.inner = inner
+        self.mark = mark
+        self.size = inner.size
+        self.thin = inner.thin
+
+    async def read(self, offset: int, length: int) -> bytes:
+        return await self.inner.read(offset, length)
+
+    async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> None:
+        self.mark(offset, len(data))
+        await self.inner.write(offset, data, fua)
+
+    async def flush(self) -> None:
+        await self.inner.flush()
+
+    async def unmap(self, offset: int, length: int) -> None:
+        self.mark(offset, length)
+        await self.inner.unmap(offset, length)
+
+    async def write_zeroes(self, offset: int, length: int) -> None:
+        self.mark(offset, length)
+        await self.inner.write_zeroes(offset, length)
+
+    async def extents(self, offset: int, length: int) -> list:  # type: ignore[type-arg]
+        return await self.inner.extents(offset, length)
+
+    def close(self) -> None:
+        self.inner.close()

@@ -15,6 +15,7 @@ from hostctl.client import CommandDeviceClient
 from hostctl.device import IscsiDevice
 from storaged.iscsi.initiator import IscsiSession
 
+from .daemon import wait_for
 from .sites import Sites, iqn, start_sites
 
 pytestmark = pytest.mark.integration
@@ -136,3 +137,90 @@ def test_pair_lifecycle_with_crashes(tmp_path: Path) -> None:
         asyncio.run(scenario())
     finally:
         sites.stop()
+
+
+def qemu_write(port: int, site: str, lun: int, image: Path) -> None:
+    import subprocess
+
+    subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(image),
+                    f"iscsi://127.0.0.1:{port}/{iqn(site)}/{lun}"], check=True, timeout=120)
+
+
+async def wait_group(port: int, site: str, state: str, role: str, timeout: float = 60) -> dict:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        r = await command(port, site, 17, {"group": "g1"})
+        g = r.data["groups"][0]
+        if g["state"] == state and g["role"] == role:
+            return g
+        assert asyncio.get_running_loop().time() < deadline, f"{site}: group is {g['role']} {g['state']}: {g}"
+        await asyncio.sleep(0.3)
+
+
+def test_dr_drill_takeover_reverse_resync_and_swap_back(tmp_path: Path) -> None:
+    """Write on A, replicate, lose A, take over on B, write on B, bring A back, reverse resync, swap
+    back: the volumes compare equal at every step where they should."""
+    from .conftest import require
+
+    require("qemu-img")
+    sites = start_sites(tmp_path)
+    rng = random.Random(11)
+    image = tmp_path / "image.raw"
+
+    def new_image() -> Path:
+        with open(image, "wb") as f:
+            f.write(os.urandom(2 << 20))
+            f.seek(rng.randrange(4, 20) << 20)
+            f.write(os.urandom(1 << 20))
+        return image
+
+    async def scenario() -> None:
+        assert sites.linked()
+        qemu_write(sites.a.port, "site-a", PVOL, new_image())
+        await command(sites.b.port, "site-b", 16, {"group": "g1", "peer": "site-a", "pvol": PVOL, "svol": SVOL,
+                                                   "pjnl": PJNL, "sjnl": SJNL})
+        await wait_state(sites, "PAIR")
+        await random_writes(sites.a.port, 20, rng)
+        await drained_and_equal(sites)
+        # site A is lost
+        sites.a.kill()
+        plan = await command(sites.b.port, "site-b", 26, {"group": "g1", "dry_run": True})
+        assert plan.data["variant"] == "svol-takeover" and plan.data["primary_reachable"] is False
+        r = await command(sites.b.port, "site-b", 26, {"group": "g1"})
+        assert r.data["state"] == "SSWS"
+        qemu_write(sites.b.port, "site-b", SVOL, new_image())  # production runs on B now
+        # A comes back; a stray write lands on its stale P-VOL (split brain the resync must not hide)
+        sites.a.start()
+        assert sites.linked()
+        assert wait_for(lambda: sites.b.log.count("remote link to site-a is up") >= 2, 20)
+        await random_writes(sites.a.port, 3, rng)
+        refused = await command(sites.b.port, "site-b", 19, {"group": "g1", "swap": True}, check=False)
+        assert refused.status.name == "WRONG_STATE" and "would discard 3 writes" in refused.error, refused.error
+        r = await command(sites.b.port, "site-b", 19, {"group": "g1", "swap": True, "force": True})
+        assert r.data["role"] == "primary"
+        await wait_group(sites.a.port, "site-a", "PAIR", "secondary")
+        await random_writes_to(sites.b.port, "site-b", 15, rng)
+        r = await command(sites.a.port, "site-a", 25, {"group": "g1", "timeout": 60})
+        assert r.data["result"] == "DONE", r.data
+        assert await volume_digest(sites.b.port, "site-b", SVOL) == await volume_digest(sites.a.port, "site-a", PVOL)
+        # swap back while both sites are up: A is primary again, B its secondary
+        r = await command(sites.a.port, "site-a", 26, {"group": "g1"})
+        assert r.data["variant"] == "swap" and r.data["role"] == "primary", r.data
+        await wait_group(sites.b.port, "site-b", "PAIR", "secondary")
+        qemu_write(sites.a.port, "site-a", PVOL, new_image())
+        await drained_and_equal(sites)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sites.stop()
+
+
+async def random_writes_to(port: int, site: str, n: int, rng: random.Random) -> None:
+    s = await session(port, site)
+    for _ in range(n):
+        blocks = rng.choice([1, 8, 64])
+        lba = rng.randrange(0, SIZE // 512 - blocks)
+        r = await s.scsi(0, write16(lba, blocks), data_out=os.urandom(blocks * 512))
+        assert r.status == 0, r
+    await s.logout()
