@@ -24,18 +24,20 @@ def iqn(site: str) -> str:
 
 
 def site_config(name: str, peer: str, link_port: int, peer_port: int, *, secret: str = SECRET,
-                cmd_allowed: list[str] | None = None, io_timeout: float = 3.0) -> dict:
+                cmd_allowed: list[str] | None = None, io_timeout: float = 3.0, peer_address: str | None = None,
+                extra_luns: list[dict] | None = None) -> dict:
     cmddev: dict = {"allowed": cmd_allowed} if cmd_allowed is not None else {}
     return {
         "array": {"name": name},
         "remote": {"listen": f"127.0.0.1:{link_port}", "io_timeout": io_timeout, "keepalive": 0.5,
-                   "peers": [{"name": peer, "address": f"127.0.0.1:{peer_port}", "secret": secret}]},
+                   "peers": [{"name": peer, "address": peer_address or f"127.0.0.1:{peer_port}", "secret": secret}]},
         "targets": [{"name": iqn(name), "luns": [
             {"lun": 0, "size": "64MiB", "file": "data0.img"},
             {"lun": 1, "size": "32MiB", "file": "data1.img"},
             {"lun": 2, "size": "4MiB", "command_device": cmddev},
             {"lun": 3, "map": {"array": peer, "lun": 2}},
             {"lun": 4, "map": {"array": peer, "lun": 1}},
+            *(extra_luns or []),
         ]}],
     }
 
@@ -68,8 +70,9 @@ class Sites:
         self.b.stop()
 
 
-def start_sites(tmp: Path, *, a_extra: dict | None = None, b_extra: dict | None = None) -> Sites:
-    pa, pb = free_port(), free_port()
+def start_sites(tmp: Path, *, a_extra: dict | None = None, b_extra: dict | None = None,
+                ports: tuple[int, int] | None = None) -> Sites:
+    pa, pb = ports or (free_port(), free_port())
     ca = site_config("site-a", "site-b", pa, pb, **(a_extra or {}))
     cb = site_config("site-b", "site-a", pb, pa, **(b_extra or {}))
     b = StoragedProcess(tmp / "b", cb).start()
