@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any, NoReturn, TextIO
 
-from . import __version__
+from . import __version__, pairs
 from .client import Host, Process, parse_process
 from .config import DEFAULT_PATH, ENV_VAR, HostConfig, LocalConfig, find_config, load_config
 from .errors import (
@@ -131,7 +131,145 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="clear the 'edited data' flag: the array returns only a status",
     )
+    _pair_commands(sub, common)
     return parser
+
+
+def _group(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument(
+        "-g", "--group", required=required, type=pairs.parse_group, metavar="GROUP", help="the journal group"
+    )
+
+
+def _pair_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Remote copy (docs/replication.md), named after HORCM's commands."""
+    pc = sub.add_parser(
+        "paircreate",
+        parents=[common],
+        help="create a remote-copy pair group (PAIR_CREATE on the S-VOL's array)",
+        description="Create a pair of a P-VOL and an S-VOL on two arrays with their journals "
+        "(PAIR_CREATE, sent to the S-VOL's array). --wait follows the initial copy until PAIR.",
+    )
+    _group(pc)
+    pc.add_argument(
+        "--pvol", required=True, type=pairs.parse_volume, metavar="ARRAY:LUN", help="primary volume"
+    )
+    pc.add_argument(
+        "--svol", required=True, type=pairs.parse_volume, metavar="ARRAY:LUN", help="secondary volume"
+    )
+    pc.add_argument(
+        "--pjnl",
+        required=True,
+        type=pairs.parse_lun,
+        metavar="LUN",
+        help="primary journal LUN (on the P-VOL's array)",
+    )
+    pc.add_argument(
+        "--sjnl",
+        required=True,
+        type=pairs.parse_lun,
+        metavar="LUN",
+        help="secondary journal LUN (on the S-VOL's array)",
+    )
+    pc.add_argument(
+        "--wait",
+        action="store_true",
+        help="poll PAIR_DISPLAY every 0.5s until the group is PAIR (exit 0), PSUE/SMPL (exit 1) or "
+        "--timeout passes (exit 4)",
+    )
+    pc.add_argument("--no-progress", action="store_true", help="with --wait: no progress on stderr")
+
+    pd = sub.add_parser(
+        "pairdisplay",
+        parents=[common],
+        help="pair groups: states, copy %%, journal usage, lag (PAIR_DISPLAY)",
+        description="Show the pair groups of an array (PAIR_DISPLAY on --array, default the local one).",
+    )
+    _group(pd, required=False)
+
+    ps = sub.add_parser(
+        "pairsplit",
+        parents=[common],
+        help="suspend a group: PAIR/COPY -> PSUS (PAIR_SPLIT)",
+        description="Split a pair group (PAIR_SPLIT on --array, default the local array).",
+    )
+    _group(ps)
+    ps.add_argument("--rw", action="store_true", help="make the S-VOLs writable (HORCM -rw)")
+
+    pr = sub.add_parser(
+        "pairresync",
+        parents=[common],
+        help="resume a split group: PSUS/PSUE -> COPY -> PAIR (PAIR_RESYNC)",
+        description="Resynchronize a pair group (PAIR_RESYNC on the S-VOL's array, given with --array).",
+    )
+    _group(pr)
+    pr.add_argument(
+        "--force", action="store_true", help="resync even if the S-VOLs were written (their changes are lost)"
+    )
+    pr.add_argument(
+        "--swap",
+        action="store_true",
+        help="after a takeover (SSWS): make this array the primary and copy back only what differs "
+        "(HORCM -swaps); refused while the old primary holds unreplicated writes, unless --force",
+    )
+
+    pdel = sub.add_parser(
+        "pairdelete",
+        parents=[common],
+        help="dissolve a group: any -> SMPL (PAIR_DELETE; HORCM pairsplit -S)",
+        description="Delete a pair group (PAIR_DELETE on --array, default the local array).",
+    )
+    _group(pdel)
+
+    rp = sub.add_parser(
+        "replicate",
+        parents=[common],
+        help="run the journal copy loop from the host (Fig. 16)",
+        description="Copy a group's journal from the host: JOURNAL_STATUS on the primary, "
+        "JOURNAL_ACQUIRE and JOURNAL_STATUS on the secondary, JOURNAL_RESTORE up to read-completed, "
+        "JOURNAL_PURGE on the primary. One line per round (JSON lines with --json).",
+    )
+    _group(rp)
+    rp.add_argument("--primary", required=True, metavar="ARRAY", help="the P-VOL's array")
+    rp.add_argument("--secondary", required=True, metavar="ARRAY", help="the S-VOL's array")
+    mode = rp.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--once", action="store_true", help="one round")
+    mode.add_argument("--follow", action="store_true", help="rounds until Ctrl-C (exit 0)")
+    rp.add_argument(
+        "--interval",
+        type=_seconds,
+        default=1.0,
+        metavar="S",
+        help="with --follow: seconds between rounds (1)",
+    )
+
+    sw = sub.add_parser(
+        "pairsyncwait",
+        parents=[common],
+        help="wait until the S-VOLs hold every write up to a sequence number (PAIR_SYNCWAIT)",
+        description="Wait on the S-VOL's array (--array, default the local one) until the group has "
+        "restored sequence number --seq (default: the array asks the primary for its newest one). "
+        "Prints DONE (exit 0), TIMEOUT (exit 4) or BROKEN (exit 1).",
+    )
+    _group(sw)
+    sw.add_argument("--seq", type=pairs.parse_seq, metavar="N", help="the sequence number to wait for")
+    sw.add_argument(
+        "--wait-timeout",
+        type=_seconds,
+        metavar="S",
+        help="how long the array waits (default: --timeout); the command may take this plus --timeout",
+    )
+
+    tk = sub.add_parser(
+        "takeover",
+        parents=[common],
+        help="take over a group on the S-VOL side (TAKEOVER; HORCM horctakeover)",
+        description="Run TAKEOVER on the S-VOL's array (--array, default the local one): swap the "
+        "roles if the primary is reachable, else make the S-VOLs writable (SSWS). Prints the "
+        "variant chosen and the data at risk.",
+    )
+    _group(tk)
+    tk.add_argument("--dry-run", action="store_true", help="say what would happen, change nothing")
 
 
 def parse_params(pairs: list[str], json_params: str | None) -> dict[str, Any]:
@@ -174,18 +312,26 @@ def _print_json(data: Any, out: TextIO) -> None:
     out.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-async def run_command(args: argparse.Namespace, config: HostConfig, out: TextIO) -> int:
+async def run_command(
+    args: argparse.Namespace, config: HostConfig, out: TextIO, err: TextIO | None = None
+) -> int:
     timeout = args.timeout if args.timeout is not None else config.timeout
+    err = err if err is not None else sys.stderr
+    bound = pairs.overall_bound(args, timeout) if args.command in pairs.COMMANDS else timeout * 2 + 10
     async with Host(config, device=args.device, timeout=timeout) as host:
+        if bound is None:  # replicate --follow: runs until interrupted; each command has its timeout
+            return await _dispatch(args, host, timeout, out, err)
         try:
-            return await asyncio.wait_for(_dispatch(args, host, timeout, out), timeout * 2 + 10)
+            return await asyncio.wait_for(_dispatch(args, host, timeout, out, err), bound)
         except asyncio.TimeoutError:
             from .errors import CommandTimeout
 
-            raise CommandTimeout(f"no result within {timeout * 2 + 10:g}s") from None
+            raise CommandTimeout(f"no result within {bound:g}s") from None
 
 
-async def _dispatch(args: argparse.Namespace, host: Host, timeout: float, out: TextIO) -> int:
+async def _dispatch(args: argparse.Namespace, host: Host, timeout: float, out: TextIO, err: TextIO) -> int:
+    if args.command in pairs.COMMANDS:
+        return await pairs.run(args, host, timeout, out, err)
     client = await host.client(args.array)
     if args.command == "raw":
         process, params = args.process_number, args.params
@@ -235,8 +381,10 @@ async def main_async(
         if args.command == "raw":  # check the command line before touching any device
             args.process_number = parse_process(args.process)
             args.params = parse_params(args.param, args.json_params)
+        if args.command in pairs.COMMANDS:
+            pairs.check_args(args)
         config = resolve_config(args)
-        return await run_command(args, config, out)
+        return await run_command(args, config, out, err)
     except HostctlError as exc:
         err.write(f"hostctl: {exc}\n")
         return exc.exit_code

@@ -66,6 +66,18 @@ class Process(enum.IntEnum):
     ARRAY_INFO = 2
     LINK_STATUS = 3
     LUN_LIST = 4
+    # remote copy (docs/replication.md): pairs and journal groups
+    PAIR_CREATE = 16
+    PAIR_DISPLAY = 17
+    PAIR_SPLIT = 18
+    PAIR_RESYNC = 19
+    PAIR_DELETE = 20
+    JOURNAL_STATUS = 21
+    JOURNAL_ACQUIRE = 22
+    JOURNAL_RESTORE = 23
+    JOURNAL_PURGE = 24
+    PAIR_SYNCWAIT = 25
+    TAKEOVER = 26
 
 
 def process_names() -> dict[str, int]:
@@ -103,6 +115,16 @@ def process_name(number: int) -> str:
         if n == number:
             return name
     return str(number)
+
+
+def _without_name(error: str, process: int) -> str:
+    """storaged's dispatcher puts the command's registered name before a handler's message
+    (``PAIR_SPLIT: group g1 is in PSUS; ...``); the host message already says which command ran, so
+    a leading name equal to the process's own name is dropped."""
+    name, sep, rest = error.partition(": ")
+    if sep and rest and name.strip().upper().replace("-", "_") == process_name(process):
+        return rest
+    return error
 
 
 def _label(process: int) -> str:
@@ -359,7 +381,9 @@ class CommandDeviceClient:
                     + (f" ({resp.error})" if resp.error else "")
                 )
             if check and resp.status != ResultStatus.OK:
-                raise ArrayError(self.where, resp.status, resp.error, process, resp.data)
+                raise ArrayError(
+                    self.where, resp.status, _without_name(resp.error, process), process, resp.data
+                )
             return resp
 
     def _new_tag(self) -> int:

@@ -64,6 +64,16 @@ class ProtocolError(HostctlError):
     exit_code = EXIT_PROTOCOL
 
 
+class PairStateError(HostctlError):
+    """A pair group ended up in a state the command did not want (PSUE, SMPL, a BROKEN sync wait).
+
+    The array answered OK, so this is not an :class:`ArrayError`; the message carries the array's
+    own reason (the group's ``error``) when it gave one.
+    """
+
+    exit_code = EXIT_ARRAY
+
+
 #: What each result status means, for a person (used when the array sent no error text).
 STATUS_TEXT: dict[ResultStatus, str] = {
     ResultStatus.OK: "ok",

@@ -247,3 +247,219 @@ def render_raw(resp: dict[str, Any]) -> str:
     data = resp.get("data")
     text += "\ndata" + ("  -" if data is None else "\n" + json.dumps(data, indent=2, sort_keys=True))
     return text
+
+
+# --- remote copy (pairs, journal groups) --------------------------------------------------------
+
+
+def _dict(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def percent_text(v: Any) -> str:
+    """42 -> '42%', 42.25 -> '42.2%', None -> '-'."""
+    x = _num(v)
+    if x is None:
+        return cell(v)
+    return f"{x:.0f}%" if float(x).is_integer() else f"{x:.1f}%"
+
+
+def pair_copy_percent(pair: dict[str, Any]) -> float | None:
+    """A pair's copy progress in percent: ``copy_percent``, else ``copy_done`` (a fraction) * 100."""
+    x = _num(pair.get("copy_percent"))
+    if x is None:
+        done = _num(pair.get("copy_done"))
+        x = done * 100 if done is not None else None
+    return x
+
+
+def group_copy_percent(group: dict[str, Any]) -> float | None:
+    """The group's copy progress: its own ``copy_percent``, else the mean over its pairs."""
+    x = _num(group.get("copy_percent"))
+    if x is not None:
+        return x
+    values = [pair_copy_percent(p) for p in group.get("pairs") or [] if isinstance(p, dict)]
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def vol_text(v: Any, array: str | None) -> str:
+    """A volume as ``array:lun``: a LUN number (the array comes from the group's role), an
+    ``{"array", "lun"}`` object, or a string that already says ``array:lun``."""
+    if isinstance(v, dict):
+        array = v.get("array") or array
+        v = v.get("lun")
+    if v is None or v == "":
+        return "-"
+    if isinstance(v, str) and ":" in v:
+        return v
+    return f"{array}:{v}" if array else str(v)
+
+
+def _sides(group: dict[str, Any], here: str | None) -> tuple[str | None, str | None]:
+    """(P-VOL array, S-VOL array) from the group's role, peer and the array that answered."""
+    role = str(group.get("role") or "").lower()
+    peer = group.get("peer")
+    prim, sec = _dict(group.get("primary")), _dict(group.get("secondary"))
+    if role == "primary":
+        return prim.get("array") or here, sec.get("array") or peer
+    if role == "secondary":
+        return prim.get("array") or peer, sec.get("array") or here
+    return prim.get("array"), sec.get("array")
+
+
+def journal_percent(journal: Any) -> float | None:
+    if not isinstance(journal, dict):
+        return None
+    used, cap = _num(journal.get("bytes_used")), _num(journal.get("capacity"))
+    if used is None or not cap:
+        return _num(journal.get("percent"))
+    return used / cap * 100
+
+
+def pair_group_text(group: dict[str, Any], here: str | None = None) -> str:
+    """One journal group: a summary row, then one row per pair (indented)."""
+    journal, behind = _dict(group.get("journal")), _dict(group.get("behind"))
+    jp = journal_percent(journal)
+    lag = group.get("lag_seconds")
+    head = table(
+        [
+            "GROUP",
+            "ROLE",
+            "PEER",
+            "STATE",
+            "JNL USED",
+            "JNL ENTRIES",
+            "BEHIND",
+            "BEHIND BYTES",
+            "LAG",
+            "ERROR",
+        ],
+        [
+            [
+                group.get("group"),
+                group.get("role"),
+                group.get("peer"),
+                group.get("state"),
+                percent_text(jp) if jp is not None else "-",
+                journal.get("entries"),
+                behind.get("entries"),
+                human_size(behind["bytes"]) if behind.get("bytes") is not None else "-",
+                duration(lag) if _num(lag) is not None else cell(lag),
+                group.get("error"),
+            ]
+        ],
+        right=(4, 5, 6, 7, 8),
+    )
+    pvol_array, svol_array = _sides(group, here)
+    pairs = [p for p in group.get("pairs") or [] if isinstance(p, dict)]
+    if not pairs:
+        return head + "\n  (no pairs)"
+    rows = [
+        [
+            vol_text(p.get("pvol"), pvol_array),
+            vol_text(p.get("svol"), svol_array),
+            p.get("state"),
+            percent_text(pair_copy_percent(p)),
+        ]
+        for p in pairs
+    ]
+    body = table(["P-VOL", "S-VOL", "STATE", "COPY"], rows, right=(3,))
+    return head + "\n" + "\n".join("  " + line for line in body.splitlines())
+
+
+def render_pair_groups(data: dict[str, Any], here: str | None = None) -> str:
+    groups = [g for g in data.get("groups") or [] if isinstance(g, dict)]
+    if not groups:
+        return "(no pair groups)"
+    here = data.get("array") or here
+    return "\n\n".join(pair_group_text(g, here) for g in groups)
+
+
+def state_detail(data: dict[str, Any]) -> str:
+    """What else pairsplit / pairresync / pairdelete answered, in a few words."""
+    parts = []
+    if isinstance(data.get("writable"), bool):
+        parts.append("S-VOLs writable" if data["writable"] else "S-VOLs read-only")
+    if data.get("role"):
+        parts.append(f"this array is {data['role']}")
+    regions = data.get("regions")
+    if isinstance(regions, dict):
+        n = sum(v for v in regions.values() if isinstance(v, int) and not isinstance(v, bool))
+        parts.append(f"{n} changed region{'s' if n != 1 else ''} to copy")
+    if isinstance(data.get("copied_regions"), int):
+        parts.append(f"{data['copied_regions']} regions to copy back")
+    return ", ".join(parts) or "-"
+
+
+def group_state_table(rows: Sequence[Sequence[Any]]) -> str:
+    """GROUP / ARRAY / STATE / DETAIL: what pairsplit, pairresync, pairdelete leave behind.
+
+    Each row is (group, array, state) or (group, array, state, edited data)."""
+    body = []
+    for r in rows:
+        data = r[3] if len(r) > 3 and isinstance(r[3], dict) else {}
+        body.append([r[0], r[1], r[2], state_detail(data)])
+    return table(["GROUP", "ARRAY", "STATE", "DETAIL"], body)
+
+
+def render_takeover(data: dict[str, Any], group: str, array: str, dry_run: bool) -> str:
+    """TAKEOVER's answer: the variant chosen (swap / svol-takeover), what is at risk and why."""
+    at_risk = data.get("at_risk")
+    note = None
+    if isinstance(at_risk, dict):
+        entries, nbytes, note = at_risk.get("entries"), at_risk.get("bytes"), at_risk.get("note")
+    else:
+        entries = data.get("at_risk_entries", at_risk)
+        nbytes = data.get("at_risk_bytes")
+    risk = []
+    if entries is not None:
+        risk.append(f"{cell(entries)} entries")
+    if nbytes is not None:
+        risk.append(human_size(nbytes))
+    to_restore = data.get("to_restore")
+    if isinstance(to_restore, dict):
+        to_restore = to_restore.get("entries")
+    pairs: list[tuple[str, Any]] = [
+        ("group", data.get("group") or group),
+        ("array", array),
+        ("variant", _get(data, "variant", "kind", "takeover")),
+        ("dry run", bool(data.get("dry_run", dry_run))),
+    ]
+    if "primary_reachable" in data:
+        pairs.append(("primary reachable", data["primary_reachable"]))
+    pairs.append(("state", data.get("state") if data.get("state") else "(unchanged)" if dry_run else "-"))
+    if data.get("role"):
+        pairs.append(("role", data["role"]))
+    if to_restore is not None:
+        pairs.append(("to restore", f"{cell(to_restore)} entries"))
+    pairs.append(("data at risk", ", ".join(risk) if risk else "-"))
+    if note:
+        pairs.append(("", f"({note})"))
+    known = {
+        "group",
+        "variant",
+        "kind",
+        "takeover",
+        "state",
+        "role",
+        "dry_run",
+        "primary_reachable",
+        "to_restore",
+        "at_risk",
+        "at_risk_entries",
+        "at_risk_bytes",
+    }
+    pairs += [(k, v) for k, v in data.items() if k not in known and not isinstance(v, (list, dict))]
+    return keyvalues(pairs)
+
+
+def progress_bar(percent: float | None, width: int = 30) -> str:
+    """'[##########--------------------]'"""
+    x = 0.0 if percent is None else max(0.0, min(100.0, percent))
+    filled = round(x / 100 * width)
+    return "[" + "#" * filled + "-" * (width - filled) + "]"

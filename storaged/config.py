@@ -77,6 +77,18 @@ class PeerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicationConfig:
+    """How this array behaves as a remote-copy primary and secondary."""
+
+    #: seconds between the secondary's own acquire/restore/purge rounds (autonomous mode)
+    interval: float = 0.2
+    #: what a full primary journal does to host writes: "suspend" the pairs (PSUE + bitmap) or
+    #: "delay" the writes up to ``delay_limit`` seconds waiting for room, then suspend
+    journal_full: str = "suspend"
+    delay_limit: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class RemoteConfig:
     """The remote communications interface: where this array listens and which peers it knows."""
 
@@ -121,6 +133,7 @@ class ArrayConfig:
     iscsi: IscsiConfig
     targets: tuple[TargetConfig, ...]
     remote: RemoteConfig = field(default_factory=RemoteConfig)
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig)
     source: str = "<embedded>"
     log_level: str = "INFO"
 
@@ -406,6 +419,21 @@ def _iscsi(r: _Reader) -> IscsiConfig:
     return cfg
 
 
+def _replication(r: _Reader) -> ReplicationConfig:
+    d = ReplicationConfig()
+    interval = float(r.get("interval", float, d.interval))
+    if not 0.01 <= interval <= 60:
+        raise r.error("interval", "must be 0.01..60 seconds")
+    policy = r.get("journal_full", str, d.journal_full)
+    if policy not in ("suspend", "delay"):
+        raise r.error("journal_full", "must be suspend or delay")
+    limit = float(r.get("delay_limit", float, d.delay_limit))
+    if not 0 <= limit <= 600:
+        raise r.error("delay_limit", "must be 0..600 seconds")
+    r.finish()
+    return ReplicationConfig(interval, policy, limit)
+
+
 def parse_config(data: Any, source: str) -> ArrayConfig:
     r = _Reader(source, data)
     arr = r.sub("array")
@@ -419,6 +447,7 @@ def parse_config(data: Any, source: str) -> ArrayConfig:
     arr.finish()
     iscsi = _iscsi(r.sub("iscsi"))
     remote = _remote(r.sub("remote"))
+    replication = _replication(r.sub("replication"))
     targets = tuple(_target(t) for t in r.items("targets"))
     if not targets:
         raise ConfigError(source, "targets", "at least one target is required")
@@ -444,7 +473,7 @@ def parse_config(data: Any, source: str) -> ArrayConfig:
         base = Path(source).resolve().parent
         if not Path(data_dir).is_absolute():
             data_dir = str(base / data_dir)
-    return ArrayConfig(name=name, data_dir=data_dir, iscsi=iscsi, targets=targets, remote=remote, source=source,
+    return ArrayConfig(name=name, data_dir=data_dir, iscsi=iscsi, targets=targets, remote=remote, replication=replication, source=source,
                        log_level=log_level)
 
 

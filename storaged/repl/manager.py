@@ -88,6 +88,7 @@ class Group:
     read_seq: int = 1
     restored_time_ns: int = 0
     writable: bool = False  # S-VOL writable (split -rw, takeover)
+    fenced: bool = False  # primary: P-VOLs read-only because the peer took over
 
     def pvols(self) -> list[int]:
         return [p.pvol for p in self.pairs]
@@ -112,9 +113,10 @@ def _wrong_state(group: Group, what: str, allowed: tuple[str, ...]) -> CommandEr
 
 
 class Replication:
-    def __init__(self, array: Array, interval: float = 0.2) -> None:
+    def __init__(self, array: Array) -> None:
         self.array = array
-        self.interval = interval
+        self.cfg = array.cfg.replication
+        self.interval = self.cfg.interval
         self.path = os.path.join(array.cfg.data_dir, "replication.json")
         self.groups: dict[str, Group] = {}
         self.journals: dict[str, PrimaryJournal] = {}
@@ -225,12 +227,15 @@ class Replication:
             g.out_pos, g.out_seq = journal.ptr.out_pos, journal.ptr.out_seq
         self.journals[g.name] = journal
         order = WriteOrder(journal, lambda why, g=g: self._journal_full(g, why),
-                           lambda vol, regions, g=g: self._dirty(g, vol, regions))
+                           lambda vol, regions, g=g: self._dirty(g, vol, regions),
+                           delay_limit=self.cfg.delay_limit if self.cfg.journal_full == "delay" else 0.0)
         order.journaling = g.state in ("COPY", "PAIR")
         order.dirty = {int(k): set(v) for k, v in g.dirty.items()}
         self.orders[g.name] = order
         for p in g.pairs:
             self._wrap(order, p.pvol)
+            if g.fenced:
+                self._lu(p.pvol, "P-VOL").write_protected = True
 
     def _wrap(self, order: WriteOrder, pvol: int) -> None:
         lu = self._lu(pvol, "P-VOL")
@@ -379,9 +384,10 @@ class Replication:
         async with self.orders[name].lock:
             for p in g.pairs:
                 self._lu(p.pvol, "P-VOL").write_protected = True
+            g.fenced = True
             if why:
                 g.set_state("PSUE", why)
-                self.save()
+            self.save()
         log.warning("group %s: P-VOLs fenced (read-only)%s", name, f": {why}" if why else "")
         return await self.primary_status(name)
 
@@ -628,6 +634,12 @@ class Replication:
                     continue
                 if g.state in ("PAIR", "PSUE"):
                     await self.cycle(g)
+                elif g.state == "SSWS" and not g.fenced:
+                    # The old primary is back: stop its hosts writing, or both sides would diverge.
+                    await self._call(g, "repl.fence", {"group": name, "why": f"{self.array.name} took over (SSWS)"})
+                    g.fenced = True
+                    self.save()
+                    log.warning("group %s: old primary %s fenced after the takeover", name, g.peer)
             except asyncio.CancelledError:
                 raise
             except CommandError as exc:

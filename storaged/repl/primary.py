@@ -23,8 +23,10 @@ class WriteOrder:
     """One journal group's write order on the primary, and what happens when the journal is full."""
 
     def __init__(self, journal: PrimaryJournal, on_full: Callable[[str], None],
-                 on_dirty: Callable[[int, set[int]], None]) -> None:
+                 on_dirty: Callable[[int, set[int]], None], delay_limit: float = 0.0) -> None:
         self.journal = journal
+        #: "delay" policy: how long a write may wait for journal room before the pairs suspend
+        self.delay_limit = delay_limit
         self.lock = asyncio.Lock()
         self.journaling = True
         self.dirty: dict[int, set[int]] = {}
@@ -50,8 +52,19 @@ class WriteOrder:
             self._on_full(str(exc))
             self.mark(volume, offset, zero or len(data))
 
+    async def _room(self, length: int) -> None:
+        """Under the "delay" policy, hold a write (outside the lock, so purges go on) until the
+        journal has room for it or the limit passes."""
+        if not self.journaling or self.delay_limit <= 0 or self.journal.fits(length):
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.delay_limit
+        while not self.journal.fits(length) and loop.time() < deadline and self.journaling:
+            await asyncio.sleep(0.005)
+
     async def write(self, volume: int, store: Backstore, offset: int, data: bytes | bytearray | memoryview,
                     fua: bool) -> None:
+        await self._room(len(data))
         async with self.lock:
             await self._journal(volume, offset, data, 0)
             await store.write(offset, data, False)
@@ -59,6 +72,7 @@ class WriteOrder:
             await self.sync(store)
 
     async def zero(self, volume: int, store: Backstore, offset: int, length: int, unmap: bool) -> None:
+        await self._room(0)
         async with self.lock:
             await self._journal(volume, offset, b"", length)
             await (store.unmap(offset, length) if unmap else store.write_zeroes(offset, length))

@@ -158,12 +158,17 @@ async def wait_group(port: int, site: str, state: str, role: str, timeout: float
 
 
 def test_dr_drill_takeover_reverse_resync_and_swap_back(tmp_path: Path) -> None:
-    """Write on A, replicate, lose A, take over on B, write on B, bring A back, reverse resync, swap
-    back: the volumes compare equal at every step where they should."""
+    """Write on A, replicate, lose A (with writes it journaled but never shipped), take over on B,
+    write on B, bring A back (it is fenced), reverse resync (refused until forced, since it discards
+    A's unshipped writes), swap back: the volumes compare equal at every step where they should."""
+    from storaged.faultproxy import FaultProxy
+
     from .conftest import require
+    from .sites import free_port
 
     require("qemu-img")
-    sites = start_sites(tmp_path)
+    link_a, link_b, proxy_port = free_port(), free_port(), free_port()
+    sites = start_sites(tmp_path, ports=(link_a, link_b), b_extra={"peer_address": f"127.0.0.1:{proxy_port}"})
     rng = random.Random(11)
     image = tmp_path / "image.raw"
 
@@ -175,40 +180,52 @@ def test_dr_drill_takeover_reverse_resync_and_swap_back(tmp_path: Path) -> None:
         return image
 
     async def scenario() -> None:
-        assert sites.linked()
-        qemu_write(sites.a.port, "site-a", PVOL, new_image())
-        await command(sites.b.port, "site-b", 16, {"group": "g1", "peer": "site-a", "pvol": PVOL, "svol": SVOL,
-                                                   "pjnl": PJNL, "sjnl": SJNL})
-        await wait_state(sites, "PAIR")
-        await random_writes(sites.a.port, 20, rng)
-        await drained_and_equal(sites)
-        # site A is lost
-        sites.a.kill()
-        plan = await command(sites.b.port, "site-b", 26, {"group": "g1", "dry_run": True})
-        assert plan.data["variant"] == "svol-takeover" and plan.data["primary_reachable"] is False
-        r = await command(sites.b.port, "site-b", 26, {"group": "g1"})
-        assert r.data["state"] == "SSWS"
-        qemu_write(sites.b.port, "site-b", SVOL, new_image())  # production runs on B now
-        # A comes back; a stray write lands on its stale P-VOL (split brain the resync must not hide)
-        sites.a.start()
-        assert sites.linked()
-        assert wait_for(lambda: sites.b.log.count("remote link to site-a is up") >= 2, 20)
-        await random_writes(sites.a.port, 3, rng)
-        refused = await command(sites.b.port, "site-b", 19, {"group": "g1", "swap": True}, check=False)
-        assert refused.status.name == "WRONG_STATE" and "would discard 3 writes" in refused.error, refused.error
-        r = await command(sites.b.port, "site-b", 19, {"group": "g1", "swap": True, "force": True})
-        assert r.data["role"] == "primary"
-        await wait_group(sites.a.port, "site-a", "PAIR", "secondary")
-        await random_writes_to(sites.b.port, "site-b", 15, rng)
-        r = await command(sites.a.port, "site-a", 25, {"group": "g1", "timeout": 60})
-        assert r.data["result"] == "DONE", r.data
-        assert await volume_digest(sites.b.port, "site-b", SVOL) == await volume_digest(sites.a.port, "site-a", PVOL)
-        # swap back while both sites are up: A is primary again, B its secondary
-        r = await command(sites.a.port, "site-a", 26, {"group": "g1"})
-        assert r.data["variant"] == "swap" and r.data["role"] == "primary", r.data
-        await wait_group(sites.b.port, "site-b", "PAIR", "secondary")
-        qemu_write(sites.a.port, "site-a", PVOL, new_image())
-        await drained_and_equal(sites)
+        proxy = FaultProxy(("127.0.0.1", proxy_port), ("127.0.0.1", link_a))
+        await proxy.start()
+        try:
+            assert await asyncio.to_thread(sites.linked)
+            qemu_write(sites.a.port, "site-a", PVOL, new_image())
+            await command(sites.b.port, "site-b", 16, {"group": "g1", "peer": "site-a", "pvol": PVOL, "svol": SVOL,
+                                                       "pjnl": PJNL, "sjnl": SJNL})
+            await wait_state(sites, "PAIR")
+            await random_writes(sites.a.port, 20, rng)
+            await drained_and_equal(sites)
+            # the link to A hangs; A keeps acknowledging writes that never reach B; then A is lost
+            proxy.faults.set(stall=True)
+            await random_writes(sites.a.port, 3, rng)
+            sites.a.kill()
+            plan = await command(sites.b.port, "site-b", 26, {"group": "g1", "dry_run": True})
+            assert plan.data["variant"] == "svol-takeover" and plan.data["primary_reachable"] is False
+            r = await command(sites.b.port, "site-b", 26, {"group": "g1"})
+            assert r.data["state"] == "SSWS"
+            qemu_write(sites.b.port, "site-b", SVOL, new_image())  # production runs on B now
+            # A comes back: B fences it, so its hosts cannot diverge further
+            proxy.faults.set(stall=False)
+            proxy.cut()
+            await asyncio.to_thread(sites.a.start)
+            assert await asyncio.to_thread(lambda: wait_for(lambda: "fenced after the takeover" in sites.b.log, 30))
+            sa = await session(sites.a.port, "site-a")
+            w = await sa.scsi(PVOL, write16(0, 1), data_out=bytes(512))
+            assert w.status == 2 and w.sense_key == 0x07, w  # DATA PROTECT on the fenced old primary
+            await sa.logout()
+            refused = await command(sites.b.port, "site-b", 19, {"group": "g1", "swap": True}, check=False)
+            assert refused.status.name == "WRONG_STATE" and "would discard 3 writes" in refused.error, refused.error
+            r = await command(sites.b.port, "site-b", 19, {"group": "g1", "swap": True, "force": True})
+            assert r.data["role"] == "primary"
+            await wait_group(sites.a.port, "site-a", "PAIR", "secondary")
+            await random_writes_to(sites.b.port, "site-b", 15, rng)
+            r = await command(sites.a.port, "site-a", 25, {"group": "g1", "timeout": 60})
+            assert r.data["result"] == "DONE", r.data
+            assert (await volume_digest(sites.b.port, "site-b", SVOL)
+                    == await volume_digest(sites.a.port, "site-a", PVOL))
+            # swap back while both sites are up: A is primary again, B its secondary
+            r = await command(sites.a.port, "site-a", 26, {"group": "g1"})
+            assert r.data["variant"] == "swap" and r.data["role"] == "primary", r.data
+            await wait_group(sites.b.port, "site-b", "PAIR", "secondary")
+            qemu_write(sites.a.port, "site-a", PVOL, new_image())
+            await drained_and_equal(sites)
+        finally:
+            await proxy.close()
 
     try:
         asyncio.run(scenario())
