@@ -25,10 +25,11 @@ def iqn(site: str) -> str:
 
 def site_config(name: str, peer: str, link_port: int, peer_port: int, *, secret: str = SECRET,
                 cmd_allowed: list[str] | None = None, io_timeout: float = 3.0, peer_address: str | None = None,
-                extra_luns: list[dict] | None = None) -> dict:
+                extra_luns: list[dict] | None = None, replication: dict | None = None) -> dict:
     cmddev: dict = {"allowed": cmd_allowed} if cmd_allowed is not None else {}
     return {
         "array": {"name": name},
+        **({"replication": replication} if replication else {}),
         "remote": {"listen": f"127.0.0.1:{link_port}", "io_timeout": io_timeout, "keepalive": 0.5,
                    "peers": [{"name": peer, "address": peer_address or f"127.0.0.1:{peer_port}", "secret": secret}]},
         "targets": [{"name": iqn(name), "luns": [

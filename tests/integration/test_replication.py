@@ -241,3 +241,57 @@ async def random_writes_to(port: int, site: str, n: int, rng: random.Random) -> 
         r = await s.scsi(0, write16(lba, blocks), data_out=os.urandom(blocks * 512))
         assert r.status == 0, r
     await s.logout()
+
+
+@pytest.mark.parametrize("policy", ["suspend", "delay"])
+def test_journal_full(tmp_path: Path, policy: str) -> None:
+    """A journal that fills while the link hangs never corrupts anything: "suspend" turns the pair
+    PSUE and a resync copies only the changed regions; "delay" holds host writes until room frees."""
+    from storaged.faultproxy import FaultProxy
+
+    from .sites import free_port
+
+    link_a, link_b, proxy_port = free_port(), free_port(), free_port()
+    small = [{"lun": 6, "size": "1MiB", "file": "jnl6.img"}]
+    rep = {"journal_full": policy, "delay_limit": 10}
+    sites = start_sites(tmp_path, ports=(link_a, link_b),
+                        a_extra={"extra_luns": small, "replication": rep},
+                        b_extra={"extra_luns": small, "peer_address": f"127.0.0.1:{proxy_port}"})
+    rng = random.Random(3)
+
+    async def scenario() -> None:
+        proxy = FaultProxy(("127.0.0.1", proxy_port), ("127.0.0.1", link_a))
+        await proxy.start()
+        try:
+            assert await asyncio.to_thread(sites.linked)
+            await command(sites.b.port, "site-b", 16, {"group": "g1", "peer": "site-a", "pvol": PVOL, "svol": SVOL,
+                                                       "pjnl": 6, "sjnl": 6})
+            await wait_state(sites, "PAIR")
+            proxy.faults.set(stall=True)
+            s = await session(sites.a.port, "site-a")
+            if policy == "delay":
+                loop = asyncio.get_running_loop()
+                loop.call_later(1.5, lambda: proxy.faults.set(stall=False))
+            for i in range(12):  # 12 x 128 KiB into a 1 MiB journal
+                lba = rng.randrange(0, SIZE // 512 - 256)
+                r = await s.scsi(PVOL, write16(lba, 256), data_out=os.urandom(256 * 512), timeout=60)
+                assert r.status == 0, r  # host writes never fail because of the journal
+            await s.logout()
+            a_view = (await command(sites.a.port, "site-a", 17, {"group": "g1"})).data["groups"][0]
+            if policy == "suspend":
+                assert a_view["state"] == "PSUE" and "full" in a_view["error"], a_view
+                proxy.faults.set(stall=False)
+                await wait_state(sites, "PSUE")
+                r = await command(sites.b.port, "site-b", 19, {"group": "g1"})
+                assert 0 < r.data["regions"][str(PVOL)] <= 12 * 2  # only what changed, not all 64 MiB
+                await wait_state(sites, "PAIR")
+            else:
+                assert a_view["state"] == "PAIR", a_view
+            await drained_and_equal(sites)
+        finally:
+            await proxy.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sites.stop()
