@@ -691,6 +691,13 @@ def on_sigterm(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+def on_sigint(signum: int, frame: object) -> None:
+    """Raise right where we are, also inside asyncio.run (whose own handler only cancels the main
+    task, and a cancellation can be lost inside a library): the same cleanup as for SIGTERM."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt()
+
+
 def describe_tree() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
@@ -775,6 +782,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_replication: FAILED: qemu-img not found (./setup.sh --test)", file=sys.stderr)
         return 1
     signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, on_sigint)
     workdir = Path(tempfile.mkdtemp(prefix="bench-replication.", dir=args.dir))
     progress(f"work directory {workdir}")
     arrays: dict[str, Array] = {}

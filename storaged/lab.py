@@ -67,6 +67,40 @@ def hostctl(host_config: Path, *args: str) -> int:
     return subprocess.call([sys.executable, "-m", "hostctl", "--config", str(host_config), *args], cwd=str(REPO))
 
 
+def write_to_pvol(url_host: str, port: int, target: str, lun: int, size: int) -> None:
+    """Some host I/O on the P-VOL, written with the project's own initiator (no tools needed)."""
+    import asyncio
+
+    from storaged.iscsi.initiator import IscsiSession
+
+    async def go() -> None:
+        s = IscsiSession()
+        await s.login(url_host, port, target, initiator="iqn.2026-11.io.storaged:host-a")
+        chunk = 1 << 20
+        for off in range(0, size, chunk):
+            cdb = bytes([0x8A, 0]) + (off // 512).to_bytes(8, "big") + (chunk // 512).to_bytes(4, "big") + b"\0\0"
+            r = await s.scsi(lun, cdb, data_out=os.urandom(chunk))
+            if r.status:
+                raise RuntimeError(f"write failed with SCSI status {r.status}")
+        await s.logout()
+
+    asyncio.run(go())
+
+
+def replication_demo(host: Path) -> int:
+    """Form a pair (site-a LUN 0 -> site-b LUN 0, journals on LUN 5), write, wait, show it."""
+    if subprocess.call([sys.executable, "-m", "hostctl", "--config", str(host), "--array", "site-b", "pairdisplay",
+                        "-g", "lab"], cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) != 0:
+        rc = hostctl(host, "paircreate", "-g", "lab", "--pvol", "site-a:0", "--svol", "site-b:0", "--pjnl", "5",
+                     "--sjnl", "5", "--wait")
+        if rc:
+            return rc
+    print("\n$ (host-a writes 16 MiB of random data to site-a LUN 0, the P-VOL)", flush=True)
+    write_to_pvol("127.0.0.1", 3260, "iqn.2026-11.io.storaged:site-a", 0, 16 << 20)
+    return (hostctl(host, "--array", "site-b", "pairsyncwait", "-g", "lab")
+            or hostctl(host, "--array", "site-b", "pairdisplay", "-g", "lab"))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="storaged-lab", description=__doc__.splitlines()[0])
     ap.add_argument("--configs", default=str(REPO / "configs"), help="folder with site-a.yaml, site-b.yaml, host-a.yaml")
@@ -95,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = hostctl(host, "info")
         rc = rc or hostctl(host, "--array", "site-b", "info")
         rc = rc or hostctl(host, "--array", "site-b", "link")
+        rc = rc or replication_demo(host)
         if rc:
             print(f"storaged-lab: hostctl failed (exit {rc})", file=sys.stderr)
             return rc

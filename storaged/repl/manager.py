@@ -634,6 +634,8 @@ class Replication:
                     continue
                 if g.state in ("PAIR", "PSUE"):
                     await self.cycle(g)
+                    if g.state == "PAIR":
+                        g.error = ""  # a transient link error is over once a round succeeds
                 elif g.state == "SSWS" and not g.fenced:
                     # The old primary is back: stop its hosts writing, or both sides would diverge.
                     await self._call(g, "repl.fence", {"group": name, "why": f"{self.array.name} took over (SSWS)"})

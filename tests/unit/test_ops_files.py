@@ -19,7 +19,7 @@ def test_lab_configs_load() -> None:
     b = load_config(str(REPO / "configs" / "site-b.yaml"))
     assert (a.name, b.name) == ("site-a", "site-b")
     assert a.remote.peers[0].secret == b.remote.peers[0].secret
-    assert [lun.kind for lun in a.targets[0].luns] == ["data", "data", "command_device", "virtual", "virtual"]
+    assert [lun.kind for lun in a.targets[0].luns] == ["data", "data", "command_device", "virtual", "virtual", "data"]
     load_config(str(REPO / "configs" / "example-array.yaml"))
 
 
