@@ -359,6 +359,7 @@ class Row:
     qargs: list[str]
     samples: dict[str, list[float]] = field(default_factory=lambda: {"paired": [], "unpaired": []})
     drains: list[float] = field(default_factory=list)
+    backlogs: list[int] = field(default_factory=list)  # primary journal bytes in use right after a paired run
     notes: list[str] = field(default_factory=list)
 
     def rate(self, secs: float) -> float:
@@ -394,9 +395,12 @@ def paired_vs_unpaired(args: argparse.Namespace, arrays: dict[str, Array], warni
                 row.samples[who].append(value)
                 extra = ""
                 if who == "paired":  # let replication catch up (untimed) so it does not slow the next run
+                    g = asyncio.run(_display(arrays, "g1"))
+                    row.backlogs.append(int((g.get("journal") or {}).get("bytes_used", 0)))
                     result, drain, g = asyncio.run(syncwait(arrays, "g1", args.sync_timeout))
                     row.drains.append(drain)
-                    extra = f"; drained in {drain:.2f} s ({result}), state {g['state']}"
+                    extra = (f"; journal held {row.backlogs[-1] / MiB:.0f} MiB at the end, drained in {drain:.2f} s "
+                             f"({result}), state {g['state']}")
                     if result != "DONE" or g["state"] != "PAIR":
                         note = f"round {rnd} {row.name}: after the paired run PAIR_SYNCWAIT {result}, {brief(g)}"
                         row.notes.append(note)
@@ -431,7 +435,10 @@ def print_paired(rows: list[Row], args: argparse.Namespace) -> None:
         p = " ".join(f"{v:.1f}" for v in r.samples["paired"])
         u = " ".join(f"{v:.1f}" for v in r.samples["unpaired"])
         d = " ".join(f"{v:.2f}" for v in r.drains)
-        out(f"   {r.name}: paired [{p}] unpaired [{u}]; replication caught up after each paired run in [{d}] s")
+        j = " ".join(f"{v / MiB:.0f}" for v in r.backlogs)
+        out(f"   {r.name}: paired [{p}] unpaired [{u}]")
+        out(f"   {'':{len(r.name)}}  after each paired run: primary journal in use [{j}] MiB of "
+            f"{args.journal_mib}, replication caught up (PAIR_SYNCWAIT) in [{d}] s")
         for n in r.notes:
             out(f"   ! {n}")
     out()
