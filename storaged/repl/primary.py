@@ -10,7 +10,8 @@ a resync copies only what changed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from ..backstore.base import Backstore, Extent, first_difference
 from .journal import JournalFull, PrimaryJournal
@@ -19,12 +20,21 @@ from .journal import JournalFull, PrimaryJournal
 REGION = 1 << 20
 
 
+@dataclass(slots=True, eq=False)
+class _InFlight:
+    volume: int
+    start: int
+    end: int
+    done: asyncio.Event
+
+
 class WriteOrder:
     """One journal group's write order on the primary, and what happens when the journal is full."""
 
     def __init__(self, journal: PrimaryJournal, on_full: Callable[[str], None],
                  on_dirty: Callable[[int, set[int]], None], delay_limit: float = 0.0) -> None:
         self.journal = journal
+        self._inflight: list[_InFlight] = []
         #: "delay" policy: how long a write may wait for journal room before the pairs suspend
         self.delay_limit = delay_limit
         self.lock = asyncio.Lock()
@@ -62,12 +72,32 @@ class WriteOrder:
         while not self.journal.fits(length) and loop.time() < deadline and self.journaling:
             await asyncio.sleep(0.005)
 
+    def _register(self, volume: int, start: int, end: int) -> tuple[_InFlight, list[asyncio.Event]]:
+        """Record a volume write about to start (under the lock, so in sequence order) and the
+        earlier in-flight writes it overlaps, which must land on the volume first."""
+        waits = [f.done for f in self._inflight if f.volume == volume and f.start < end and start < f.end]
+        me = _InFlight(volume, start, end, asyncio.Event())
+        self._inflight.append(me)
+        return me, waits
+
+    async def _apply(self, me: _InFlight, waits: list[asyncio.Event], op: Callable[[], Awaitable[None]]) -> None:
+        try:
+            for w in waits:
+                await w.wait()
+            await op()
+        finally:
+            me.done.set()
+            self._inflight.remove(me)
+
     async def write(self, volume: int, store: Backstore, offset: int, data: bytes | bytearray | memoryview,
                     fua: bool) -> None:
+        # The journal append is serialised (it defines the order); the volume writes of
+        # non-overlapping requests then run side by side, overlapping ones in sequence order.
         await self._room(len(data))
         async with self.lock:
             await self._journal(volume, offset, data, 0)
-            await store.write(offset, data, False)
+            me, waits = self._register(volume, offset, offset + len(data))
+        await self._apply(me, waits, lambda: store.write(offset, data, False))
         if fua:
             await self.sync(store)
 
@@ -75,12 +105,17 @@ class WriteOrder:
         await self._room(0)
         async with self.lock:
             await self._journal(volume, offset, b"", length)
-            await (store.unmap(offset, length) if unmap else store.write_zeroes(offset, length))
+            me, waits = self._register(volume, offset, offset + length)
+        await self._apply(me, waits, lambda: store.unmap(offset, length) if unmap else store.write_zeroes(offset, length))
 
     async def compare_and_write(self, volume: int, store: Backstore, offset: int,
                                 expected: bytes | bytearray | memoryview, data: bytes | bytearray | memoryview,
                                 fua: bool) -> int:
+        end = offset + len(expected)
         async with self.lock:
+            # compare against every write ordered before this one
+            for f in [f for f in self._inflight if f.volume == volume and f.start < end and offset < f.end]:
+                await f.done.wait()
             diff = first_difference(await store.read(offset, len(expected)), expected)
             if diff < 0:
                 await self._journal(volume, offset, data, 0)
