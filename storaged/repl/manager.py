@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("storaged.repl")
 
-COPY_CHUNK = 1 << 20
-COPY_PARALLEL = 4
+COPY_CHUNK = 4 << 20
+COPY_PARALLEL = 6
 ACQUIRE_CHUNK = 4 << 20
 RESTORE_BATCH = 64 << 20
 
