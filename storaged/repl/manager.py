@@ -126,6 +126,8 @@ class Replication:
         self._locks: dict[str, asyncio.Lock] = {}
         self._progress = asyncio.Event()
         self._last_primary: dict[str, dict[str, Any]] = {}
+        #: regions a resync must copy, per group and P-VOL (held until the copy is done)
+        self._resync_regions: dict[str, dict[int, list[tuple[int, int]]]] = {}
 
     # --- persistence ---------------------------------------------------------------------------
 
@@ -439,8 +441,7 @@ class Replication:
             ng.set_state("COPY")
             for p in ng.pairs:
                 p.state, p.copied = "COPY", 0
-            self._resync_regions = getattr(self, "_resync_regions", {})
-            self._resync_regions[name] = {int(k): [tuple(r) for r in v] for k, v in regions.items()}
+            self._resync_regions[name] = {int(k): [(int(a), int(b)) for a, b in v] for k, v in regions.items()}
         jstore = self._inner(self._lu(ng.sjnl, "secondary journal"))
         await jstore.write(0, encode_superblock(name, ng.block_size, ng.head, ng.end, ng.epoch), fua=True)
         self.secondary_journal[name] = Superblock(name, ng.block_size, ng.head, ng.end, ng.epoch)
@@ -653,13 +654,14 @@ class Replication:
 
     async def _finish_copy(self, g: Group) -> None:
         pending = [p for p in g.pairs if p.state == "COPY"]
-        regions = getattr(self, "_resync_regions", {}).get(g.name, {})
+        regions = self._resync_regions.get(g.name, {})
         for p in pending:
             await self._copy_regions(g, p, regions.get(p.pvol))
             p.state = "PAIR"
             self.save()
         async with self.lock(g.name):
             if all(p.state == "PAIR" for p in g.pairs) and g.state == "COPY":
+                self._resync_regions.pop(g.name, None)
                 g.set_state("PAIR")
                 self.save()
                 log.info("group %s: initial copy done; PAIR", g.name)
@@ -882,7 +884,6 @@ class Replication:
                 regions[p.pvol] = [(r * region, min(region, p.size - r * region)) for r in dirty]
                 if g.writable:  # force: everything that may differ on the S-VOL side too
                     regions[p.pvol] = [(0, p.size)]
-            self._resync_regions = getattr(self, "_resync_regions", {})
             self._resync_regions[name] = regions
             g.writable = False
             g.set_state("COPY")
