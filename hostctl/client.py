@@ -14,7 +14,6 @@ the command to array B.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import os
 import random
@@ -38,6 +37,7 @@ from storaged.cmddev.block import (
     encode_release,
 )
 
+from storaged.cmddev.commands import Process as ArrayProcess
 from .config import HostConfig
 from .device import BlockDevice, CommandDeviceIO, IscsiDevice, open_device
 from .errors import (
@@ -59,37 +59,13 @@ POLL_MAX = 0.1
 BY_ID_DIR = "/dev/disk/by-id"
 
 
-class Process(enum.IntEnum):
-    """Process numbers (Fig. 6 "process number") hostctl knows by name; ``raw`` takes any number."""
-
-    ECHO = 1
-    ARRAY_INFO = 2
-    LINK_STATUS = 3
-    LUN_LIST = 4
-    # remote copy (docs/replication.md): pairs and journal groups
-    PAIR_CREATE = 16
-    PAIR_DISPLAY = 17
-    PAIR_SPLIT = 18
-    PAIR_RESYNC = 19
-    PAIR_DELETE = 20
-    JOURNAL_STATUS = 21
-    JOURNAL_ACQUIRE = 22
-    JOURNAL_RESTORE = 23
-    JOURNAL_PURGE = 24
-    PAIR_SYNCWAIT = 25
-    TAKEOVER = 26
+#: process numbers (Fig. 6 "process number") by name: one table, shared with the array
+Process = ArrayProcess
 
 
 def process_names() -> dict[str, int]:
-    """Name -> number, including any the array's own command table defines (if installed)."""
-    names = {p.name: int(p) for p in Process}
-    try:
-        from storaged.cmddev.commands import Process as ArrayProcess  # type: ignore[import-not-found]
-
-        names.update({p.name: int(p) for p in ArrayProcess})
-    except Exception:  # noqa: BLE001 - the array side is optional here
-        pass
-    return names
+    """Name -> number of every process the command device interface defines."""
+    return {p.name: int(p) for p in Process}
 
 
 def parse_process(text: str) -> int:

@@ -19,7 +19,18 @@ class Process(enum.IntEnum):
     ARRAY_INFO = 2  # the array, its LUNs, LUN map, command devices and links
     LINK_STATUS = 3  # the links to peer arrays
     LUN_LIST = 4  # just the LUNs of ARRAY_INFO
-    # 16.. : pair commands (replication)
+    # remote copy (docs/replication.md), registered by storaged.repl.commands
+    PAIR_CREATE = 16
+    PAIR_DISPLAY = 17
+    PAIR_SPLIT = 18
+    PAIR_RESYNC = 19
+    PAIR_DELETE = 20
+    JOURNAL_STATUS = 21
+    JOURNAL_ACQUIRE = 22
+    JOURNAL_RESTORE = 23
+    JOURNAL_PURGE = 24
+    PAIR_SYNCWAIT = 25
+    TAKEOVER = 26
 
 
 # --- what ArrayControl returns (documentation for the implementer; plain dicts at run time) ------

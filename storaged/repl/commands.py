@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import enum
 from typing import Any
 
+from ..cmddev.commands import Process
 from ..cmddev.dispatch import CommandDispatcher
 from .manager import Replication
 
 
-class ReplProcess(enum.IntEnum):
-    PAIR_CREATE = 16
-    PAIR_DISPLAY = 17
-    PAIR_SPLIT = 18
-    PAIR_RESYNC = 19
-    PAIR_DELETE = 20
-    JOURNAL_STATUS = 21
-    JOURNAL_ACQUIRE = 22
-    JOURNAL_RESTORE = 23
-    JOURNAL_PURGE = 24
-    PAIR_SYNCWAIT = 25
-    TAKEOVER = 26
-
-
 def register_replication(dispatcher: CommandDispatcher, repl: Replication) -> None:
     """One entry per command: each is a thin adapter from JSON parameters to the manager."""
-    P = ReplProcess
+    P = Process
 
     async def pair_create(params: dict[str, Any], origin: str) -> dict[str, Any]:
         return await repl.pair_create(params, origin)

@@ -54,7 +54,8 @@ def test_valid_frames_then_garbage(items: list[tuple], garbage: bytes, cuts: lis
             r.buffer_updated(n)
             pos += n
             i += 1
-            got.extend(_drain(r))
+            while (f := r.next_frame()) is not None:  # frames before the garbage are kept
+                got.append(f)
     except ProtocolError:
         assert garbage  # only the trailing garbage may be rejected
     assert [(f.type, f.opcode, f.flags, f.status, f.request_id, f.payload) for f in got] == [
