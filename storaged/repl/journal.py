@@ -9,9 +9,10 @@ crash without being persisted on every write. ``docs/replication.md`` has the by
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import crc32c as _crc32c
 
@@ -161,6 +162,22 @@ def decode_superblock(buf: bytes) -> Superblock | None:
 
 
 @dataclass(slots=True)
+class Reservation:
+    """A write's place in the journal, between reserve() and commit()."""
+
+    seq: int
+    pos: int
+    span: int
+    wrap_at: int | None
+    time_ns: int
+    volume: int
+    offset: int
+    data: bytes | bytearray | memoryview = field(repr=False)
+    zero_length: int = 0
+    end_pos: int = 0
+
+
+@dataclass(slots=True)
 class PrimaryPointers:
     out_pos: int  # journal-out (1511): oldest unpurged entry
     out_seq: int  # its sequence number (= next_seq when empty)
@@ -182,6 +199,13 @@ class PrimaryJournal:
         self.ring = sb.ring
         self.ptr = ptr
         self.entries = 0
+        #: the entries written without a gap: what readers (the secondary) may take
+        self.committed_seq = ptr.next_seq - 1
+        self.committed_pos = ptr.in_pos
+        self.broken = ""
+        self._pending: dict[int, Reservation] = {}
+        self._written: set[int] = set()
+        self._commit_changed = asyncio.Event()
 
     @classmethod
     async def format(cls, store: Backstore, group: str, block_size: int) -> PrimaryJournal:
@@ -206,6 +230,7 @@ class PrimaryJournal:
             j.ptr.next_seq = last.seq + 1
             j.ptr.oldest_time_ns = found[0].time_ns
         j.entries = len(found)
+        j.committed_seq, j.committed_pos = j.ptr.next_seq - 1, j.ptr.in_pos
         return j, found
 
     async def scan(self, pos: int, seq: int, stop_at: int | None) -> list[Entry]:
@@ -223,33 +248,71 @@ class PrimaryJournal:
         waste = self.ring.end - self.ptr.in_pos if wrapped else 0
         return span + waste <= self.free()
 
-    async def append(self, volume: int, offset: int, data: bytes | bytearray | memoryview,
-                     time_ns: int | None = None, zero_length: int = 0) -> Entry:
-        """Write one entry at journal-in; the caller holds the group lock (one write order).
-
-        With ``zero_length`` the entry says "this range now reads as zeros" and carries no data."""
+    def reserve(self, volume: int, offset: int, data: bytes | bytearray | memoryview,
+                time_ns: int | None = None, zero_length: int = 0) -> Reservation:
+        """Give a write its sequence number and ring position (no I/O; the caller holds the
+        group lock, which makes reservation order the group's write order)."""
+        if self.broken:
+            raise JournalFull(f"journal of group {self.group} failed earlier: {self.broken}")
         if not self.fits(len(data)):
             raise JournalFull(f"journal of group {self.group} is full ({self.ring.used(self.ptr.out_pos, self.ptr.in_pos)}"
                               f" of {self.ring.capacity} bytes in use)")
-        bs = self.ring.block_size
-        span = entry_span(len(data), bs)
+        span = entry_span(len(data), self.ring.block_size)
         pos, wrapped = self.ring.place(self.ptr.in_pos, span)
-        epoch = self.sb.epoch
-        if wrapped:
-            # The rest of the ring is unused: a marker sends readers back to the head.
-            marker = encode_entry(epoch, self.ptr.next_seq, 0, 0, 0, b"", bs, FLAG_WRAP)
-            await self.store.write(self.ptr.in_pos, b"".join(marker))
-        t = time_ns if time_ns is not None else time.time_ns()
-        seq = self.ptr.next_seq
-        flags = FLAG_ZERO if zero_length else 0
-        await self.store.write(pos, b"".join(encode_entry(epoch, seq, t, volume, offset, data, bs, flags, zero_length)))
+        r = Reservation(self.ptr.next_seq, pos, span, self.ptr.in_pos if wrapped else None,
+                        time_ns if time_ns is not None else time.time_ns(), volume, offset, data, zero_length)
         nxt = pos + span
-        if self.entries == 0:
-            self.ptr.oldest_time_ns = t
         self.ptr.in_pos = nxt if nxt < self.ring.end else self.ring.head
-        self.ptr.next_seq = seq + 1
-        self.entries += 1
-        return Entry(seq, t, volume, offset, bytes(data), pos, span, zero_length)
+        self.ptr.next_seq += 1
+        r.end_pos = self.ptr.in_pos
+        self._pending[r.seq] = r
+        return r
+
+    async def write_reserved(self, r: Reservation) -> None:
+        """Write a reserved entry; many run at once, each at its own place in the ring."""
+        bs = self.ring.block_size
+        epoch = self.sb.epoch
+        try:
+            if r.wrap_at is not None:
+                # The rest of the ring is unused: a marker sends readers back to the head.
+                await self.store.write(r.wrap_at, b"".join(encode_entry(epoch, r.seq, 0, 0, 0, b"", bs, FLAG_WRAP)))
+            flags = FLAG_ZERO if r.zero_length else 0
+            await self.store.write(r.pos, b"".join(encode_entry(epoch, r.seq, r.time_ns, r.volume, r.offset, r.data, bs,
+                                                                flags, r.zero_length)))
+        except BaseException as exc:
+            self.broken = self.broken or f"{type(exc).__name__}: {exc}"
+            self._commit_changed.set()
+            raise
+
+    async def commit(self, r: Reservation) -> Entry:
+        """Wait until this entry and every earlier one are written. Only then may the write reach
+        the volume or be acknowledged: a journal read after a crash stops at the first missing
+        entry, so nothing after a gap may have been applied or promised."""
+        self._written.add(r.seq)
+        while self.committed_seq + 1 in self._written:
+            seq = self.committed_seq + 1
+            self._written.discard(seq)
+            done = self._pending.pop(seq)
+            if self.entries == 0:
+                self.ptr.oldest_time_ns = done.time_ns
+            self.entries += 1
+            self.committed_seq = seq
+            self.committed_pos = done.end_pos
+        self._commit_changed.set()
+        while self.committed_seq < r.seq:
+            if self.broken:
+                raise JournalFull(f"journal of group {self.group} failed: {self.broken}")
+            self._commit_changed.clear()
+            await self._commit_changed.wait()
+        return Entry(r.seq, r.time_ns, r.volume, r.offset, bytes(r.data), r.pos, r.span, r.zero_length)
+
+    async def append(self, volume: int, offset: int, data: bytes | bytearray | memoryview,
+                     time_ns: int | None = None, zero_length: int = 0) -> Entry:
+        """Reserve, write and commit one entry (with ``zero_length``: "this range now reads as
+        zeros", no data)."""
+        r = self.reserve(volume, offset, data, time_ns, zero_length)
+        await self.write_reserved(r)
+        return await self.commit(r)
 
     async def flush(self) -> None:
         await self.store.flush()
@@ -258,10 +321,10 @@ class PrimaryJournal:
 
     async def purge(self, upto_pos: int, upto_seq: int) -> None:
         """Free every entry before ``upto_pos`` (which holds ``upto_seq``, or is journal-in)."""
-        if upto_seq < self.ptr.out_seq or upto_seq > self.ptr.next_seq:
-            raise ValueError(f"purge to sequence {upto_seq} outside {self.ptr.out_seq}..{self.ptr.next_seq}")
-        if upto_seq == self.ptr.next_seq:
-            upto_pos = self.ptr.in_pos
+        if upto_seq < self.ptr.out_seq or upto_seq > self.committed_seq + 1:
+            raise ValueError(f"purge to sequence {upto_seq} outside {self.ptr.out_seq}..{self.committed_seq + 1}")
+        if upto_seq == self.committed_seq + 1:
+            upto_pos = self.committed_pos
         freed = upto_seq - self.ptr.out_seq
         self.ptr.out_pos = upto_pos
         self.ptr.out_seq = upto_seq
@@ -277,8 +340,8 @@ class PrimaryJournal:
 
     def status(self) -> dict[str, int]:
         used = self.ring.used(self.ptr.out_pos, self.ptr.in_pos)
-        return {"journal_out": self.ptr.out_pos, "journal_in": self.ptr.in_pos, "out_seq": self.ptr.out_seq,
-                "next_seq": self.ptr.next_seq, "entries": self.entries, "bytes_used": used,
+        return {"journal_out": self.ptr.out_pos, "journal_in": self.committed_pos, "out_seq": self.ptr.out_seq,
+                "next_seq": self.committed_seq + 1, "entries": self.entries, "bytes_used": used,
                 "capacity": self.ring.capacity, "head": self.ring.head, "end": self.ring.end,
                 "oldest_time_ns": self.ptr.oldest_time_ns}
 

@@ -296,7 +296,7 @@ class Replication:
         j = self.journals[name]
         st = dict(j.status())
         st.update({"group": name, "state": g.state, "error": g.error, "now_ns": time.time_ns(), "role": "primary"})
-        if at_pos is not None and at_pos != j.ptr.in_pos:
+        if at_pos is not None and at_pos != j.committed_pos:
             hdr = decode_header(await j.store.read(at_pos, HEAD_LBA_BYTES))
             st["time_at_pos_ns"] = hdr.time_ns if hdr is not None and not (hdr.flags & 1) else st["oldest_time_ns"]
         return st
@@ -401,10 +401,8 @@ class Replication:
         regions: dict[str, set[int]] = {k: set(v) for k, v in g.dirty.items()}
         entries = n_bytes = 0
         first_ns = last_ns = 0
-        if from_seq < j.ptr.next_seq:
-            pos = j.ptr.out_pos
-            seq = j.ptr.out_seq
-            for e in await j.scan(pos, seq, stop_at=j.ptr.in_pos):
+        if from_seq <= j.committed_seq:
+            for e in await j.scan(j.ptr.out_pos, j.ptr.out_seq, stop_at=j.committed_pos):
                 if e.seq < from_seq:
                     continue
                 entries += 1

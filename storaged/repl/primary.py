@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..backstore.base import Backstore, Extent, first_difference
-from .journal import JournalFull, PrimaryJournal
+from .journal import JournalFull, PrimaryJournal, Reservation
 
 #: differential bitmap granularity: one bit (here: one set member) per MiB of volume
 REGION = 1 << 20
@@ -50,17 +50,33 @@ class WriteOrder:
             regions |= new
             self._on_dirty(volume, new)  # persisted before the write is acknowledged
 
-    async def _journal(self, volume: int, offset: int, data: bytes | bytearray | memoryview, zero: int) -> None:
-        if not self.journaling:
-            self.mark(volume, offset, zero or len(data))
+    def _suspend(self, why: str) -> None:
+        # Policy "suspend" (and any journal failure): the pairs go PSUE and the bitmap takes over.
+        if self.journaling:
+            self.journaling = False
+            self._on_full(why)
+
+    def _reserve(self, volume: int, offset: int, data: bytes | bytearray | memoryview, zero: int) -> Reservation | None:
+        """Under the lock: the write's place in the group's order, or None when not journaling."""
+        if self.journaling:
+            try:
+                return self.journal.reserve(volume, offset, data, zero_length=zero)
+            except JournalFull as exc:
+                self._suspend(str(exc))
+        self.mark(volume, offset, zero or len(data))
+        return None
+
+    async def _commit(self, r: Reservation | None) -> None:
+        """Write the entry (concurrently with other writes' entries) and wait until it and every
+        earlier entry are in the journal; on a journal failure, suspend and keep the data."""
+        if r is None:
             return
         try:
-            await self.journal.append(volume, offset, data, zero_length=zero)
-        except JournalFull as exc:
-            # Policy "suspend": the pair goes PSUE and the bitmap takes over; nothing is lost.
-            self.journaling = False
-            self._on_full(str(exc))
-            self.mark(volume, offset, zero or len(data))
+            await self.journal.write_reserved(r)
+            await self.journal.commit(r)
+        except Exception as exc:  # noqa: BLE001 - the host write itself still succeeds
+            self._suspend(f"journal write failed: {exc}")
+            self.mark(r.volume, r.offset, r.zero_length or len(r.data))
 
     async def _room(self, length: int) -> None:
         """Under the "delay" policy, hold a write (outside the lock, so purges go on) until the
@@ -95,8 +111,14 @@ class WriteOrder:
         # non-overlapping requests then run side by side, overlapping ones in sequence order.
         await self._room(len(data))
         async with self.lock:
-            await self._journal(volume, offset, data, 0)
+            r = self._reserve(volume, offset, data, 0)
             me, waits = self._register(volume, offset, offset + len(data))
+        try:
+            await self._commit(r)
+        except BaseException:
+            me.done.set()
+            self._inflight.remove(me)
+            raise
         await self._apply(me, waits, lambda: store.write(offset, data, False))
         if fua:
             await self.sync(store)
@@ -104,8 +126,14 @@ class WriteOrder:
     async def zero(self, volume: int, store: Backstore, offset: int, length: int, unmap: bool) -> None:
         await self._room(0)
         async with self.lock:
-            await self._journal(volume, offset, b"", length)
+            r = self._reserve(volume, offset, b"", length)
             me, waits = self._register(volume, offset, offset + length)
+        try:
+            await self._commit(r)
+        except BaseException:
+            me.done.set()
+            self._inflight.remove(me)
+            raise
         await self._apply(me, waits, lambda: store.unmap(offset, length) if unmap else store.write_zeroes(offset, length))
 
     async def compare_and_write(self, volume: int, store: Backstore, offset: int,
@@ -118,7 +146,7 @@ class WriteOrder:
                 await f.done.wait()
             diff = first_difference(await store.read(offset, len(expected)), expected)
             if diff < 0:
-                await self._journal(volume, offset, data, 0)
+                await self._commit(self._reserve(volume, offset, data, 0))
                 await store.write(offset, data, False)
         if diff < 0 and fua:
             await self.sync(store)

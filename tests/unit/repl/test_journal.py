@@ -72,3 +72,24 @@ async def test_torn_last_entry_ends_the_scan() -> None:
     await store.write(last.lba, bytes(raw))
     _, tail = await PrimaryJournal.open(store, "g1", j.sb.head, 1)
     assert [e.seq for e in tail] == [1, 2]
+
+
+async def test_commit_waits_for_every_earlier_entry() -> None:
+    """Entries are written side by side, but one is committed (may reach the volume and be
+    acknowledged) only when all earlier ones are in the journal: a later read stops at a gap."""
+    import asyncio
+
+    store, j = await new_journal()
+    r1 = j.reserve(0, 0, b"1" * 600)
+    r2 = j.reserve(0, 4096, b"2" * 600)
+    await j.write_reserved(r2)
+    waiter = asyncio.ensure_future(j.commit(r2))
+    await asyncio.sleep(0.01)
+    assert not waiter.done() and j.status()["next_seq"] == 1  # nothing committed, nothing offered to readers
+    # a crash now: the journal holds entry 2 but not entry 1, so recovery finds nothing
+    _, tail = await PrimaryJournal.open(store, "g1", j.sb.head, 1)
+    assert tail == []
+    await j.write_reserved(r1)
+    await j.commit(r1)
+    entry2 = await waiter
+    assert entry2.seq == 2 and j.status()["next_seq"] == 3
