@@ -336,6 +336,8 @@ class Replication:
                 return await self._fence(str(params["group"]), str(params.get("why", "")))
             if method == "repl.become_secondary":
                 return await self._become_secondary(peer, params)
+            if method == "repl.forward":
+                return await self._forwarded(str(params["op"]), str(params["group"]), params)
             if method == "repl.lost_writes":
                 return await self._lost_writes(str(params["group"]), int(params["from_seq"]))
         except CommandError as exc:
@@ -840,12 +842,29 @@ class Replication:
         view["primary_next_seq"] = st["next_seq"]
         return view
 
+    async def _forwarded(self, op: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        """A pair command the primary received from a host and passed on: the secondary runs it,
+        since it drives the pair (so ``pairsplit`` works from either side, as with HORCM)."""
+        g = self.groups.get(name)
+        if g is None or g.role != "secondary":
+            raise RemoteError(Status.NOT_FOUND, f"no secondary group {name} on {self.array.name}")
+        try:
+            if op == "split":
+                return await self.split(name, bool(params.get("rw", False)))
+            if op == "delete":
+                return await self.delete(name)
+        except CommandError as exc:
+            raise RemoteError(Status.WRONG_STATE if exc.status == ResultStatus.WRONG_STATE else Status.BAD_REQUEST,
+                              str(exc)) from None
+        raise RemoteError(Status.BAD_REQUEST, f"cannot forward {op!r}")
+
     async def split(self, name: str, rw: bool) -> dict[str, Any]:
         g = self._group(name)
         if g.state not in ("PAIR", "COPY"):
             raise _wrong_state(g, "pairsplit", ("PAIR", "COPY"))
         if g.role == "primary":
-            raise CommandError(ResultStatus.BAD_PARAMETER, "run pairsplit on the S-VOL's array (the secondary)")
+            result = await self._call(g, "repl.forward", {"op": "split", "group": name, "rw": rw})
+            return {**result, "via": g.peer}
         async with self.lock(name):
             if g.state == "PAIR":
                 await self.acquire(g)  # take what the primary journaled up to now
@@ -905,7 +924,12 @@ class Replication:
                 for p in g.pairs:
                     self._lu(p.svol, "S-VOL").write_protected = False
             else:
-                await self._primary_delete(name)
+                try:  # the secondary un-protects its S-VOLs and tells us back
+                    await self._call(g, "repl.forward", {"op": "delete", "group": name})
+                except CommandError as exc:
+                    log.warning("group %s: deleted here only; the secondary %s was not told: %s", name, g.peer, exc)
+                if name in self.groups:
+                    await self._primary_delete(name)
                 return {"group": name, "state": "SMPL"}
             del self.groups[name]
             self.save()

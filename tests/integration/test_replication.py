@@ -295,3 +295,30 @@ def test_journal_full(tmp_path: Path, policy: str) -> None:
         asyncio.run(scenario())
     finally:
         sites.stop()
+
+
+def test_split_and_delete_from_the_primary_side(tmp_path: Path) -> None:
+    """As with HORCM, pairsplit and pairdelete work on either array: the primary passes them on."""
+    sites = start_sites(tmp_path)
+
+    async def scenario() -> None:
+        assert await asyncio.to_thread(sites.linked)
+        await command(sites.b.port, "site-b", 16, {"group": "g1", "peer": "site-a", "pvol": PVOL, "svol": SVOL,
+                                                   "pjnl": PJNL, "sjnl": SJNL})
+        await wait_state(sites, "PAIR")
+        r = await command(sites.a.port, "site-a", 18, {"group": "g1"})
+        assert r.data["state"] == "PSUS" and r.data["via"] == "site-b"
+        await wait_state(sites, "PSUS")
+        r = await command(sites.a.port, "site-a", 20, {"group": "g1"})
+        assert r.data["state"] == "SMPL"
+        for port, site in ((sites.a.port, "site-a"), (sites.b.port, "site-b")):
+            r = await command(port, site, 17, {})
+            assert r.data["groups"] == [], (site, r.data)
+        sb = await session(sites.b.port, "site-b")  # the former S-VOL is writable again
+        assert (await sb.scsi(SVOL, write16(0, 1), data_out=bytes(512))).status == 0
+        await sb.logout()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sites.stop()
