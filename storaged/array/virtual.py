@@ -31,6 +31,10 @@ class RemoteBackstore(Backstore):
         self.target = info.target
         self.lun = info.lun
 
+    @property
+    def available(self) -> bool:
+        return self.link.connected
+
     async def _call(self, op: Awaitable[T]) -> T:
         try:
             return await op

@@ -55,6 +55,11 @@ class Backstore(abc.ABC):
     #: True when unmapped ranges can be given back (hole punching), i.e. the LU is thin
     thin: bool = False
 
+    @property
+    def available(self) -> bool:
+        """False while the store cannot be reached (TEST UNIT READY then answers NOT READY)."""
+        return True
+
     @abc.abstractmethod
     async def read(self, offset: int, length: int) -> bytes:
         """Return exactly ``length`` bytes; holes read as zeros."""

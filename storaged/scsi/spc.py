@@ -73,7 +73,7 @@ async def request_sense(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
 
 async def test_unit_ready(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     """GOOD unless the backstore says it cannot be reached (a remote store whose link is down)."""
-    if not getattr(lu.backstore, "available", True):
+    if not lu.backstore.available:
         raise ScsiError(Reason.NOT_READY_COMM_FAILURE)
     return ScsiResult(GOOD)
 
