@@ -54,11 +54,8 @@ class Backstore(abc.ABC):
     size: int
     #: True when unmapped ranges can be given back (hole punching), i.e. the LU is thin
     thin: bool = False
-
-    @property
-    def available(self) -> bool:
-        """False while the store cannot be reached (TEST UNIT READY then answers NOT READY)."""
-        return True
+    #: False while the store cannot be reached (TEST UNIT READY then answers NOT READY)
+    available: bool = True
 
     @abc.abstractmethod
     async def read(self, offset: int, length: int) -> bytes:
