@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Callable
 from typing import Protocol
 
+from ..netio import BatchedWriter, tune_socket
 from ..origin import ORIGIN
 from ..scsi.types import Nexus, ScsiCommand, ScsiResult, Status
 from .connection import (
@@ -152,9 +152,7 @@ class IscsiProtocol(asyncio.Protocol):
         self.peer = "?"
         self._nexus_released = False
         self._paused = False
-        #: output waiting for the end of this loop iteration, so many responses share one send()
-        self._outbox: list[bytes | memoryview] = []
-        self._flush_scheduled = False
+        self.out = BatchedWriter(self.loop)
         self._execute: Callable[[ScsiCommand], object] | None = None
 
     # --- asyncio callbacks -----------------------------------------------------------------
@@ -162,14 +160,8 @@ class IscsiProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing asyncio.Transport
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.out.transport = transport  # type: ignore[assignment]
+        self.peer = tune_socket(transport)
         self.server.connections.add(self)
         log.debug("connection from %s", self.peer)
 
@@ -197,12 +189,7 @@ class IscsiProtocol(asyncio.Protocol):
     # --- events ----------------------------------------------------------------------------
 
     def handle_events(self, events: list[Event]) -> None:
-        out = self.conn.data_to_send()
-        if out:
-            self._outbox.extend(out)
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                self.loop.call_soon(self._flush)
+        self.out.queue(self.conn.data_to_send())
         for ev in events:
             if isinstance(ev, ExecuteCommand):
                 task = ev.task
@@ -216,16 +203,9 @@ class IscsiProtocol(asyncio.Protocol):
             elif isinstance(ev, ResetRequested):
                 self.server.reset(self, ev)
             elif isinstance(ev, CloseConnection):
-                self._flush()
+                self.out.flush()
                 if self.transport is not None:
                     self.transport.close()
-
-    def _flush(self) -> None:
-        """Send everything queued in this loop iteration with one writelines() (one syscall)."""
-        self._flush_scheduled = False
-        out, self._outbox = self._outbox, []
-        if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(out)
 
     async def _run(self, task: Task) -> None:
         nexus = self.conn.nexus

@@ -14,12 +14,12 @@ import inspect
 import itertools
 import logging
 import random
-import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..backstore.base import Extent
+from ..netio import BatchedWriter, tune_socket
 from ..origin import ORIGIN, current_origin, via_peer
 from .api import LinkDown, LinkError, LinkHandler, LinkTimeout, RemoteError, Volume, VolumeInfo
 from .auth import ClientHandshake, HandshakeError, ServerHandshake
@@ -72,8 +72,7 @@ class _FrameConnection(asyncio.BufferedProtocol):
         self.close_reason = ""
         self.lost: asyncio.Future[None] = self.loop.create_future()
         #: buffers queued during this loop iteration, sent with one writelines()
-        self._outbox: list[Buffer] = []
-        self._flush_scheduled = False
+        self.out = BatchedWriter(self.loop)
         self._pause_reasons: set[str] = set()
         self._process_scheduled = False
 
@@ -81,14 +80,8 @@ class _FrameConnection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        peer = transport.get_extra_info("peername")
-        self.address = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.out.transport = transport  # type: ignore[assignment]
+        self.address = tune_socket(transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.reader.get_buffer(sizehint)
@@ -117,7 +110,7 @@ class _FrameConnection(asyncio.BufferedProtocol):
         self.closing = True
         if not self.close_reason:
             self.close_reason = f"connection lost: {exc}" if exc else "connection closed by the peer"
-        self._outbox.clear()
+        self.out.discard()
         if not self.lost.done():
             self.lost.set_result(None)
         self.on_lost()
@@ -164,18 +157,8 @@ class _FrameConnection(asyncio.BufferedProtocol):
     def send(self, buffers: Sequence[Buffer]) -> None:
         if self.closing or not buffers:
             return
-        self._outbox.extend(buffers)
         self.bytes_out += sum(len(b) for b in buffers)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        """Send everything queued in this loop iteration with one writelines() (one syscall)."""
-        self._flush_scheduled = False
-        out, self._outbox = self._outbox, []
-        if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(out)
+        self.out.queue(buffers)
 
     def pause(self, reason: str) -> None:
         if not self._pause_reasons and self.transport is not None and not self.closing:
@@ -203,7 +186,7 @@ class _FrameConnection(asyncio.BufferedProtocol):
         if self.closing:
             return
         self.close_reason = reason
-        self._flush()
+        self.out.flush()
         self.closing = True
         if self.transport is not None:
             self.transport.close()
