@@ -322,3 +322,43 @@ def test_split_and_delete_from_the_primary_side(tmp_path: Path) -> None:
         asyncio.run(scenario())
     finally:
         sites.stop()
+
+
+def test_host_driven_replication_loop(tmp_path: Path) -> None:
+    """Fig. 16 from the host: `hostctl replicate --once` (status, acquire, status, restore, purge
+    through command devices, the secondary reached through the primary's virtual volume) brings
+    the S-VOL up to date while the secondary's own loop is slowed right down."""
+    import json
+    import subprocess
+    import sys
+
+    from .daemon import REPO
+
+    slow = {"replication": {"interval": 60}}
+    sites = start_sites(tmp_path, b_extra=slow)
+    host = sites.host_config("iqn.2026-11.test:loop")
+
+    def hostctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hostctl", "--config", str(host), *args], capture_output=True,
+                              text=True, timeout=120, cwd=str(REPO), env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+    async def scenario() -> None:
+        assert await asyncio.to_thread(sites.linked)
+        r = await asyncio.to_thread(hostctl, "paircreate", "-g", "g1", "--pvol", "site-a:0", "--svol", "site-b:0",
+                                    "--pjnl", "1", "--sjnl", "1", "--wait", "--no-progress")
+        assert r.returncode == 0, r.stderr
+        await random_writes(sites.a.port, 25, random.Random(5))
+        shown = (await command(sites.b.port, "site-b", 17, {"group": "g1"})).data["groups"][0]
+        assert shown["behind"]["entries"] > 0  # the secondary's own loop waits a minute between rounds
+        r = await asyncio.to_thread(hostctl, "--json", "replicate", "-g", "g1", "--primary", "site-a",
+                                    "--secondary", "site-b", "--once")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout.strip().splitlines()[-1])  # one JSON line per round
+        shown = (await command(sites.b.port, "site-b", 17, {"group": "g1"})).data["groups"][0]
+        assert shown["behind"]["entries"] == 0 and shown["lag_seconds"] == 0.0, shown
+        assert await volume_digest(sites.a.port, "site-a", PVOL) == await volume_digest(sites.b.port, "site-b", SVOL)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sites.stop()
