@@ -126,6 +126,10 @@ class Replication:
         self._locks: dict[str, asyncio.Lock] = {}
         self._progress = asyncio.Event()
         self._last_primary: dict[str, dict[str, Any]] = {}
+        #: the secondary's in-progress pointers of Fig. 15 (to-be-read, to-be-restored); the
+        #: completed ones are persisted in the group, these only live while an operation runs
+        self._to_be_read: dict[str, int] = {}
+        self._to_be_restored: dict[str, int] = {}
         #: regions a resync must copy, per group and P-VOL (held until the copy is done)
         self._resync_regions: dict[str, dict[int, list[tuple[int, int]]]] = {}
 
@@ -561,6 +565,7 @@ class Replication:
         jstore = self._inner(self._lu(g.sjnl, "secondary journal"))
         if target == g.read_pos:
             return {"acquired": 0, "primary": st}
+        self._to_be_read[g.name] = target  # Fig. 15: the read in progress ends here
         ranges = ([(g.read_pos, target)] if g.read_pos < target else [(g.read_pos, sb.end), (sb.head, target)])
         for a, b in ranges:
             pos = a
@@ -583,6 +588,7 @@ class Replication:
         sb = self.secondary_journal[g.name]
         jstore = self._inner(self._lu(g.sjnl, "secondary journal"))
         done = 0
+        self._to_be_restored[g.name] = g.read_pos  # Fig. 15: the restore in progress ends here
         while g.restored_seq < g.read_seq:
             entries = await read_entries(jstore, sb, g.restored_pos, g.restored_seq, stop_at=g.read_pos,
                                          max_bytes=RESTORE_BATCH)
@@ -819,8 +825,9 @@ class Replication:
 
     async def _secondary_view(self, g: Group) -> dict[str, Any]:
         view: dict[str, Any] = {"pointers": {
-            "restoration_completed": g.restored_pos, "to_be_restored": g.restored_pos,
-            "read_completed": g.read_pos, "to_be_read": g.read_pos,
+            "restoration_completed": g.restored_pos,
+            "to_be_restored": self._to_be_restored.get(g.name, g.restored_pos),
+            "read_completed": g.read_pos, "to_be_read": self._to_be_read.get(g.name, g.read_pos),
             "restored_seq": g.restored_seq, "read_seq": g.read_seq}}
         try:
             st = await self._link(g).call("repl.journal_status", {"group": g.name, "at_pos": g.read_pos}, timeout=2.0)
