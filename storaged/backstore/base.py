@@ -65,6 +65,10 @@ class Backstore(abc.ABC):
     async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> None:
         """Write all of ``data``; with ``fua`` it is durable when this returns."""
 
+    async def writev(self, offset: int, buffers: list[bytes | bytearray | memoryview], fua: bool = False) -> None:
+        """Write several buffers back to back (a journal entry's header and data, say)."""
+        await self.write(offset, b"".join(buffers), fua)
+
     @abc.abstractmethod
     async def flush(self) -> None:
         """Make every write that returned so far durable (SYNCHRONIZE CACHE)."""

@@ -275,10 +275,10 @@ class PrimaryJournal:
         try:
             if r.wrap_at is not None:
                 # The rest of the ring is unused: a marker sends readers back to the head.
-                await self.store.write(r.wrap_at, b"".join(encode_entry(epoch, r.seq, 0, 0, 0, b"", bs, FLAG_WRAP)))
+                await self.store.writev(r.wrap_at, encode_entry(epoch, r.seq, 0, 0, 0, b"", bs, FLAG_WRAP))
             flags = FLAG_ZERO if r.zero_length else 0
-            await self.store.write(r.pos, b"".join(encode_entry(epoch, r.seq, r.time_ns, r.volume, r.offset, r.data, bs,
-                                                                flags, r.zero_length)))
+            await self.store.writev(r.pos, encode_entry(epoch, r.seq, r.time_ns, r.volume, r.offset, r.data, bs,
+                                                        flags, r.zero_length))
         except BaseException as exc:
             self.broken = self.broken or f"{type(exc).__name__}: {exc}"
             self._commit_changed.set()
