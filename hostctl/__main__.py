@@ -323,7 +323,7 @@ async def run_command(
             return await _dispatch(args, host, timeout, out, err)
         try:
             return await asyncio.wait_for(_dispatch(args, host, timeout, out, err), bound)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             from .errors import CommandTimeout
 
             raise CommandTimeout(f"no result within {bound:g}s") from None

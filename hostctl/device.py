@@ -127,7 +127,7 @@ class IscsiSessionHolder:
         if self.users <= 0:
             try:
                 await self.session.logout(timeout=2.0)
-            except (InitiatorError, OSError, asyncio.TimeoutError):
+            except (TimeoutError, InitiatorError, OSError):
                 await self.session.close()
 
 
@@ -186,7 +186,7 @@ class IscsiDevice(CommandDeviceIO):
             raise UnreachableError(f"cannot reach {where}: {why}") from None
         except ConnectionRefusedError:
             raise UnreachableError(f"cannot reach {where}: connection refused") from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await session.close()
             raise UnreachableError(f"cannot reach {where}: no answer within {timeout:g}s") from None
         except (OSError, InitiatorError) as exc:
@@ -235,7 +235,7 @@ class IscsiDevice(CommandDeviceIO):
     ) -> ScsiReply:
         try:
             reply = await session.scsi(lun, cdb_, data_out=data_out, read_length=read_length, timeout=timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise CommandTimeout(f"{where}: no answer to a SCSI command within {timeout:g}s") from None
         except (InitiatorError, OSError) as exc:
             raise UnreachableError(f"{where}: session lost: {exc}") from None

@@ -31,7 +31,6 @@ from .journal import (
     Superblock,
     decode_header,
     encode_superblock,
-    load_superblock,
     read_entries,
 )
 from .primary import REGION, JournaledStore, WriteOrder
@@ -974,7 +973,7 @@ class Replication:
             self._progress.clear()
             try:
                 await asyncio.wait_for(self._progress.wait(), min(left, 0.5))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
 
