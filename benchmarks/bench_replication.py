@@ -484,7 +484,7 @@ async def lag_run(arrays: dict[str, Array], seconds: float, size: int) -> LagRes
                         try:
                             await asyncio.wait_for(stop.wait(), delay)
                             return
-                        except asyncio.TimeoutError:
+                        except TimeoutError:
                             pass
                     if stop.is_set():
                         return

@@ -486,7 +486,7 @@ async def idle_sessions_rss(storaged: Storaged, settle: float) -> int:
             s = IscsiSession()
             try:
                 await s.login("127.0.0.1", storaged.port, STORAGED_IQN, initiator=f"iqn.2026-11.test:h{i}")
-            except (OSError, asyncio.TimeoutError, InitiatorError) as exc:
+            except (TimeoutError, OSError, InitiatorError) as exc:
                 await s.close()
                 raise BenchError(f"session {i} could not log in to storaged: {type(exc).__name__}: {exc}\n"
                                  f"storaged log {storaged.log}, last lines:\n{log_tail(storaged.log, 15)}")

@@ -25,7 +25,7 @@ async def _raw(port: int, payload: bytes, read_timeout: float = 2.0) -> bytes:
         await writer.drain()
         try:
             return await asyncio.wait_for(reader.read(65536), read_timeout)
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             return b""
     finally:
         writer.close()
