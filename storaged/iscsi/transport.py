@@ -217,6 +217,10 @@ class IscsiProtocol(asyncio.Protocol):
             log.exception("%s: command %s failed inside the target", self.peer, task.cdb[:1].hex())
             result = ScsiResult(Status.CHECK_CONDITION, None, _INTERNAL_FAILURE)
         self.handle_events(self.conn.command_done(task, result))
+        if not self.conn.tasks:
+            # Nothing else in flight on this connection: no later response to batch with, so
+            # send now rather than one loop iteration later (what QD1 latency is made of).
+            self.out.flush()
 
     # --- closing ---------------------------------------------------------------------------
 
