@@ -63,7 +63,8 @@ class Daemon:
 
 
 def hostctl(host_config: Path, *args: str) -> int:
-    print(f"\n$ hostctl --config {host_config.relative_to(REPO)} {' '.join(args)}", flush=True)
+    shown = host_config.relative_to(REPO) if host_config.is_relative_to(REPO) else host_config
+    print(f"\n$ hostctl --config {shown} {' '.join(args)}", flush=True)
     return subprocess.call([sys.executable, "-m", "hostctl", "--config", str(host_config), *args], cwd=str(REPO))
 
 
@@ -95,8 +96,13 @@ def replication_demo(host: Path) -> int:
                      "--sjnl", "5", "--wait")
         if rc:
             return rc
+    import yaml
+
+    from storaged.iscsi.initiator import IscsiUrl
+
+    url = IscsiUrl.parse(yaml.safe_load(host.read_text())["local"]["command_device"])
     print("\n$ (host-a writes 16 MiB of random data to site-a LUN 0, the P-VOL)", flush=True)
-    write_to_pvol("127.0.0.1", 3260, "iqn.2026-11.io.storaged:site-a", 0, 16 << 20)
+    write_to_pvol(url.host, url.port, url.target, 0, 16 << 20)
     return (hostctl(host, "--array", "site-b", "pairsyncwait", "-g", "lab")
             or hostctl(host, "--array", "site-b", "pairdisplay", "-g", "lab"))
 
@@ -105,9 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="storaged-lab", description=__doc__.splitlines()[0])
     ap.add_argument("--configs", default=str(REPO / "configs"), help="folder with site-a.yaml, site-b.yaml, host-a.yaml")
     ap.add_argument("--once", action="store_true", help="show the demo, then stop the arrays (no foreground)")
+    ap.add_argument("--logs", default=str(REPO / "lab-data"), help="where the arrays' logs go")
     args = ap.parse_args(argv)
     configs = Path(args.configs).resolve()
-    log_dir = REPO / "lab-data"
+    log_dir = Path(args.logs).resolve()
     arrays = [Daemon("site-a", configs / "site-a.yaml", log_dir), Daemon("site-b", configs / "site-b.yaml", log_dir)]
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -123,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"storaged-lab: {d.name}'s remote link did not come up; see {d.log_path}", file=sys.stderr)
                 return 1
         time.sleep(0.5)  # let the virtual volumes attach
-        print("storaged-lab: site-a on 127.0.0.1:3260 and site-b on 127.0.0.1:3261 are up; "
-              f"logs in {log_dir.relative_to(REPO)}/", flush=True)
+        print(f"storaged-lab: site-a and site-b are up ({configs.name}/site-a.yaml, site-b.yaml); logs in {log_dir}/",
+              flush=True)
         host = configs / "host-a.yaml"
         rc = hostctl(host, "info")
         rc = rc or hostctl(host, "--array", "site-b", "info")
