@@ -175,6 +175,22 @@ class _FrameConnection(asyncio.BufferedProtocol):
     def paused(self, reason: str) -> bool:
         return reason in self._pause_reasons
 
+    def step_handshake(self, frame: Frame) -> HandshakeError | None:
+        """Feed a handshake frame to this side's machine and send its answer. On failure the
+        connection is closed (with an ERROR frame unless the peer sent one) and the error returned."""
+        try:
+            out = self.hs.receive(frame)  # type: ignore[attr-defined]
+        except HandshakeError as e:
+            if frame.type == FrameType.ERROR:
+                self.close(e.message)
+            else:
+                self.fail(e.status, e.message)
+            return e
+        if self.hs.version is not None:  # type: ignore[attr-defined]
+            self.version = self.reader.version = self.hs.version  # type: ignore[attr-defined]
+        self.send(out)
+        return None
+
     def fail(self, status: int, message: str) -> None:
         """Tell the peer why (ERROR frame), then close."""
         if self.closing:
@@ -270,23 +286,15 @@ class _ServerConnection(_FrameConnection):
             self.fail(Status.WRONG_STATE, f"unexpected {frame.type.name} frame")
 
     def _handshake(self, frame: Frame) -> None:
-        try:
-            out = self.hs.receive(frame)
-        except HandshakeError as e:
+        e = self.step_handshake(frame)
+        if e is not None:
             if e.status == Status.AUTH_FAILED:
                 log.warning("remote link: authentication failed for %s claiming to be array %r: %s",
                             self.address, e.peer_name, e.message)
             else:
                 log.warning("remote link: handshake with %s (claiming %r) failed: %s", self.address,
                             e.peer_name, e.message)
-            if frame.type == FrameType.ERROR:
-                self.close(e.message)
-            else:
-                self.fail(e.status, e.message)
             return
-        if self.hs.version is not None:
-            self.version = self.reader.version = self.hs.version
-        self.send(out)
         if self.hs.done:
             self.peer = self.hs.peer_name
             if self._hs_timer is not None:
@@ -462,18 +470,10 @@ class _ClientConnection(_FrameConnection):
 
     def frame_received(self, frame: Frame) -> None:
         if not self.hs.done:
-            try:
-                out = self.hs.receive(frame)
-            except HandshakeError as e:
+            e = self.step_handshake(frame)
+            if e is not None:
                 self._set_ready(e)
-                if frame.type == FrameType.ERROR:
-                    self.close(e.message)
-                else:
-                    self.fail(e.status, e.message)
                 return
-            if self.hs.version is not None:
-                self.version = self.reader.version = self.hs.version
-            self.send(out)
             if self.hs.done:
                 self._set_ready(None)
             return

@@ -68,6 +68,12 @@ async def command(port: int, site: str, process: int, params: dict, check: bool 
         await dev.close()
 
 
+async def create_pair(sites: Sites, jnl: int = PJNL):  # type: ignore[no-untyped-def]
+    """PAIR_CREATE g1 on the secondary: site-a LUN 0 -> site-b LUN 0, journals on LUN ``jnl`` of each."""
+    return await command(sites.b.port, "site-b", 16, {"group": "g1", "peer": "site-a", "pvol": PVOL, "svol": SVOL,
+                                                      "pjnl": jnl, "sjnl": jnl})
+
+
 async def wait_state(sites: Sites, state: str, timeout: float = 60) -> dict:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -92,8 +98,7 @@ def test_pair_lifecycle_with_crashes(tmp_path: Path) -> None:
     async def scenario() -> None:
         assert sites.linked()
         await random_writes(sites.a.port, 40, rng)  # data before the pair exists: the initial copy
-        r = await command(sites.b.port, "site-b", 16, {"group": "g1", "peer": "site-a", "pvol": PVOL, "svol": SVOL,
-                                                       "pjnl": PJNL, "sjnl": SJNL})
+        r = await create_pair(sites)
         assert r.data["state"] == "COPY"
         await random_writes(sites.a.port, 40, rng)  # host writes during the copy are journaled
         await wait_state(sites, "PAIR")
@@ -185,8 +190,7 @@ def test_dr_drill_takeover_reverse_resync_and_swap_back(tmp_path: Path) -> None:
         try:
             assert await asyncio.to_thread(sites.linked)
             qemu_write(sites.a.port, "site-a", PVOL, new_image())
-            await command(sites.b.port, "site-b", 16, {"group": "g1", "peer": "site-a", "pvol": PVOL, "svol": SVOL,
-                                                       "pjnl": PJNL, "sjnl": SJNL})
+            await create_pair(sites)
             await wait_state(sites, "PAIR")
             await random_writes(sites.a.port, 20, rng)
             await drained_and_equal(sites)
@@ -264,8 +268,7 @@ def test_journal_full(tmp_path: Path, policy: str) -> None:
         await proxy.start()
         try:
             assert await asyncio.to_thread(sites.linked)
-            await command(sites.b.port, "site-b", 16, {"group": "g1", "peer": "site-a", "pvol": PVOL, "svol": SVOL,
-                                                       "pjnl": 6, "sjnl": 6})
+            await create_pair(sites, jnl=6)
             await wait_state(sites, "PAIR")
             proxy.faults.set(stall=True)
             s = await session(sites.a.port, "site-a")
@@ -303,8 +306,7 @@ def test_split_and_delete_from_the_primary_side(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         assert await asyncio.to_thread(sites.linked)
-        await command(sites.b.port, "site-b", 16, {"group": "g1", "peer": "site-a", "pvol": PVOL, "svol": SVOL,
-                                                   "pjnl": PJNL, "sjnl": SJNL})
+        await create_pair(sites)
         await wait_state(sites, "PAIR")
         r = await command(sites.a.port, "site-a", 18, {"group": "g1"})
         assert r.data["state"] == "PSUS" and r.data["via"] == "site-b"
