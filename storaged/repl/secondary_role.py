@@ -1,0 +1,257 @@
+"""The secondary side: pair formation and the copy, journal acquisition, restore and purge, and
+the autonomous loop (spec Fig. 13-16)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ..cmddev.block import ResultStatus
+from ..cmddev.dispatch import CommandError
+from ..remote.api import LinkError, RemoteError
+from ..remote.protocol import Status
+from .journal import (
+    JournalCorrupt,
+    Superblock,
+    encode_superblock,
+    read_entries,
+)
+from .model import Group, Pair, _wrong_state
+from .primary_role import PrimaryRole
+
+log = logging.getLogger("storaged.repl")
+
+COPY_CHUNK = 4 << 20
+COPY_PARALLEL = 6
+ACQUIRE_CHUNK = 4 << 20
+RESTORE_BATCH = 64 << 20
+
+class SecondaryRole(PrimaryRole):
+    # --- secondary side: pair formation and the copy ---------------------------------------------
+
+    def _protect(self, g: Group) -> None:
+        for p in g.pairs:
+            self._lu(p.svol, "S-VOL").write_protected = not g.writable
+
+    def _spawn(self, g: Group) -> None:
+        task = self._tasks.get(g.name)
+        if task is None or task.done():
+            self._tasks[g.name] = asyncio.get_running_loop().create_task(self._run(g.name), name=f"repl-{g.name}")
+
+    async def pair_create(self, params: dict[str, Any], origin: str) -> dict[str, Any]:
+        name, peer = str(params["group"]), str(params["peer"])
+        pvol, svol, pjnl, sjnl = (int(params[k]) for k in ("pvol", "svol", "pjnl", "sjnl"))
+        if peer == self.array.name or peer not in self.array.links:
+            raise CommandError(ResultStatus.BAD_PARAMETER, f"{peer} is not a peer array of {self.array.name}")
+        async with self.lock(name):
+            g = self.groups.get(name)
+            s_lu = self._lu(svol, "S-VOL")
+            j_lu = self._lu(sjnl, "secondary journal")
+            if g is not None and (g.role != "secondary" or g.peer != peer or g.sjnl != sjnl or g.pjnl != pjnl):
+                raise CommandError(ResultStatus.BAD_PARAMETER, f"group {name} exists with other arrays or journals")
+            if g is not None and g.state not in ("PAIR", "COPY"):
+                raise _wrong_state(g, "adding a pair", ("PAIR", "COPY"))
+            used = self._used_luns()
+            if svol in used or (g is None and sjnl in used) or svol == sjnl:
+                raise CommandError(ResultStatus.BAD_PARAMETER, f"LUN {svol} or {sjnl} is already used by a group")
+            info = await self._link_call(peer, "repl.prepare_primary", {"group": name, "pvol": pvol, "pjnl": pjnl,
+                                                                        "svol": svol, "sjnl": sjnl})
+            if info["size"] != s_lu.num_blocks * s_lu.block_size:
+                raise CommandError(ResultStatus.BAD_PARAMETER, f"S-VOL LUN {svol} has {s_lu.num_blocks * s_lu.block_size}"
+                                   f" bytes, the P-VOL {info['size']}: sizes must match")
+            if g is None:
+                if j_lu.num_blocks * j_lu.block_size < info["end"]:
+                    raise CommandError(ResultStatus.BAD_PARAMETER, "the secondary journal is smaller than the primary's")
+                g = Group(name, "secondary", peer, pjnl, sjnl, epoch=info["epoch"], head=info["head"], end=info["end"],
+                          block_size=info["block_size"], restored_pos=info["in_pos"], restored_seq=info["next_seq"],
+                          read_pos=info["in_pos"], read_seq=info["next_seq"])
+                await self._inner(j_lu).write(0, encode_superblock(name, g.block_size, g.head, g.end, g.epoch), fua=True)
+                self.secondary_journal[name] = Superblock(name, g.block_size, g.head, g.end, g.epoch)
+                self.groups[name] = g
+            g.pairs.append(Pair(pvol, svol, "COPY", info["size"]))
+            g.set_state("COPY")
+            self._protect(g)
+            self.save()
+            log.info("group %s: pair %s:%d -> %s:%d created by %s; initial copy starts", name, peer, pvol,
+                     self.array.name, svol, origin or "?")
+            self._spawn(g)
+            return {"group": name, "state": g.state}
+
+    async def _link_call(self, peer: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        link = self.array.links[peer]
+        try:
+            return await link.call(method, params)
+        except RemoteError as exc:
+            raise CommandError(ResultStatus.WRONG_STATE if exc.status == Status.WRONG_STATE
+                               else ResultStatus.BAD_PARAMETER, f"{peer}: {exc.message}") from None
+        except LinkError as exc:
+            raise CommandError(ResultStatus.UNREACHABLE, f"{peer} is unreachable: {exc}") from None
+
+    async def _copy_regions(self, g: Group, pair: Pair, regions: list[tuple[int, int]] | None) -> None:
+        """Copy the P-VOL (or only ``regions``) to the S-VOL, skipping holes (they become holes)."""
+        link = self._link(g)
+        target = ""
+        dest = self._inner(self._lu(pair.svol, "S-VOL"))
+        ranges = regions if regions is not None else [(0, pair.size)]
+        pair.copied = 0
+        total = sum(n for _, n in ranges) or 1
+        pair.size = pair.size or total
+        sem = asyncio.Semaphore(COPY_PARALLEL)
+
+        async def chunk(off: int, n: int) -> None:
+            async with sem:
+                data = await link.read(target, pair.pvol, off, n)
+                await dest.write(off, data)
+                pair.copied += n
+
+        for start, length in ranges:
+            pos = start
+            while pos < start + length:
+                span = min(64 << 20, start + length - pos)
+                extents = await link.extents(target, pair.pvol, pos, span)
+                jobs = []
+                for ext in extents:
+                    if not ext.mapped:
+                        await dest.unmap(ext.offset, ext.length)
+                        pair.copied += ext.length
+                        continue
+                    off = ext.offset
+                    while off < ext.offset + ext.length:
+                        n = min(COPY_CHUNK, ext.offset + ext.length - off)
+                        jobs.append(chunk(off, n))
+                        off += n
+                await asyncio.gather(*jobs)
+                pos += span
+        await dest.flush()
+        if regions is not None:
+            pair.copied = pair.size
+
+    # --- secondary side: acquisition, restore, purge ---------------------------------------------
+
+    async def acquire(self, g: Group, upto: int | None = None) -> dict[str, Any]:
+        """Journal acquisition (Fig. 13): read the primary ring's new bytes into our journal."""
+        link = self._link(g)
+        st = await self._call(g, "repl.journal_status", {"group": g.name})
+        target = st["journal_in"] if upto is None else int(upto)
+        sb = self.secondary_journal[g.name]
+        jstore = self._inner(self._lu(g.sjnl, "secondary journal"))
+        if target == g.read_pos:
+            return {"acquired": 0, "primary": st}
+        self._to_be_read[g.name] = target  # Fig. 15: the read in progress ends here
+        ranges = ([(g.read_pos, target)] if g.read_pos < target else [(g.read_pos, sb.end), (sb.head, target)])
+        for a, b in ranges:
+            pos = a
+            while pos < b:
+                n = min(ACQUIRE_CHUNK, b - pos)
+                data = await link.read("", g.pjnl, pos, n)
+                await jstore.write(pos, data)
+                pos += n
+        entries = await read_entries(jstore, sb, g.read_pos, g.read_seq, stop_at=target)
+        await jstore.flush()
+        g.read_pos, g.read_seq = target, (entries[-1].seq + 1 if entries else g.read_seq)
+        self.save()
+        self._progress.set()
+        return {"acquired": len(entries), "primary": st}
+
+    async def restore(self, g: Group) -> int:
+        """Restore (Fig. 14): apply every acquired entry, in sequence order, to the S-VOLs."""
+        if g.state == "COPY":
+            raise _wrong_state(g, "restore", ("PAIR", "PSUS", "PSUE"))
+        sb = self.secondary_journal[g.name]
+        jstore = self._inner(self._lu(g.sjnl, "secondary journal"))
+        done = 0
+        self._to_be_restored[g.name] = g.read_pos  # Fig. 15: the restore in progress ends here
+        while g.restored_seq < g.read_seq:
+            entries = await read_entries(jstore, sb, g.restored_pos, g.restored_seq, stop_at=g.read_pos,
+                                         max_bytes=RESTORE_BATCH)
+            if not entries:
+                raise JournalCorrupt(f"group {g.name}: no entry {g.restored_seq} at {g.restored_pos}")
+            touched: set[int] = set()
+            for e in entries:
+                svol = g.svol_of(e.volume)
+                store = self._inner(self._lu(svol, "S-VOL"))
+                if e.zero_length:
+                    await store.write_zeroes(e.offset, e.zero_length)
+                else:
+                    await store.write(e.offset, e.data)
+                touched.add(svol)
+            for svol in touched:
+                await self._inner(self._lu(svol, "S-VOL")).flush()
+            last = entries[-1]
+            g.restored_seq = last.seq + 1
+            g.restored_pos = g.read_pos if g.restored_seq == g.read_seq else _next_pos(sb, last.lba + last.span)
+            g.restored_time_ns = last.time_ns
+            done += len(entries)
+            self.save()  # after the S-VOLs are synced: a crash re-applies at most this batch, in order
+            self._progress.set()
+        return done
+
+    async def purge_primary(self, g: Group) -> None:
+        await self._call(g, "repl.purge", {"group": g.name, "upto_pos": g.read_pos, "upto_seq": g.read_seq})
+
+    async def cycle(self, g: Group) -> dict[str, int]:
+        """One round of the Fig. 16 loop, as the secondary runs it by itself."""
+        async with self.lock(g.name):
+            got = await self.acquire(g)
+            self._last_primary[g.name] = got["primary"]
+            restored = await self.restore(g) if g.state != "COPY" else 0
+            if got["acquired"]:
+                await self.purge_primary(g)
+            pstate = got["primary"].get("state")
+            if pstate == "PSUE" and g.state != "PSUE":
+                g.set_state("PSUE", got["primary"].get("error", "suspended by the primary"))
+                self.save()
+            return {"acquired": got["acquired"], "restored": restored}
+
+    async def _run(self, name: str) -> None:
+        """The secondary's own loop: finish any copy, then acquire/restore/purge every interval."""
+        while name in self.groups and self.groups[name].role == "secondary":
+            g = self.groups[name]
+            try:
+                if g.state == "COPY":
+                    await self._finish_copy(g)
+                    continue
+                if g.state in ("PAIR", "PSUE"):
+                    await self.cycle(g)
+                    if g.state == "PAIR":
+                        g.error = ""  # a transient link error is over once a round succeeds
+                elif g.state == "SSWS" and not g.fenced:
+                    # The old primary is back: stop its hosts writing, or both sides would diverge.
+                    await self._call(g, "repl.fence", {"group": name, "why": f"{self.array.name} took over (SSWS)"})
+                    g.fenced = True
+                    self.save()
+                    log.warning("group %s: old primary %s fenced after the takeover", name, g.peer)
+            except asyncio.CancelledError:
+                raise
+            except CommandError as exc:
+                g.error = str(exc)
+            except Exception as exc:
+                log.exception("group %s: replication round failed", name)
+                g.error = f"{type(exc).__name__}: {exc}"
+            await asyncio.sleep(self.interval)
+
+    async def _finish_copy(self, g: Group) -> None:
+        pending = [p for p in g.pairs if p.state == "COPY"]
+        regions = self._resync_regions.get(g.name, {})
+        for p in pending:
+            await self._copy_regions(g, p, regions.get(p.pvol))
+            p.state = "PAIR"
+            self.save()
+        async with self.lock(g.name):
+            if all(p.state == "PAIR" for p in g.pairs) and g.state == "COPY":
+                self._resync_regions.pop(g.name, None)
+                g.set_state("PAIR")
+                self.save()
+                log.info("group %s: initial copy done; PAIR", g.name)
+                try:
+                    await self._call(g, "repl.state", {"group": g.name, "state": "PAIR"})
+                except CommandError as exc:
+                    g.error = str(exc)
+
+
+
+def _next_pos(sb: Superblock, pos: int) -> int:
+    return sb.head if pos >= sb.end else pos
+
+
