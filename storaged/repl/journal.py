@@ -20,9 +20,14 @@ from ..backstore.base import Backstore
 
 ENTRY_MAGIC = b"SDJE"
 SUPER_MAGIC = b"SDJS"
-VERSION = 1
-HEADER = struct.Struct(">4sHHQQIIQIQ8sI")  # 64 bytes
-SUPER = struct.Struct(">4sHH64sQQQI")  # magic, version, block size, group, head, end, epoch, crc
+VERSION = 1  # entries; version 1 entries written before generations existed carry generation 0
+SUPER_VERSION = 2  # superblock version 2 adds the generation; version 1 still reads (generation 0)
+HEADER = struct.Struct(">4sHHQQIIQIQQI")  # 64 bytes
+SUPER_V1 = struct.Struct(">4sHH64sQQQI")  # magic, version, block size, group, head, end, epoch, crc
+SUPER = struct.Struct(">4sHH64sQQQQI")  # ... epoch, generation, crc
+#: the superblock's own sector: open() rewrites only this, the rest of the 4 KiB header area
+#: belongs to the activity log (storaged/repl/activity.py)
+SUPER_BYTES = 512
 FLAG_WRAP = 0x0001
 FLAG_ZERO = 0x0002  # the range reads as zeros from now on (UNMAP, WRITE SAME of zeros): no data follows
 HEAD_LBA_BYTES = 4096  # the superblock area before the ring
@@ -63,14 +68,16 @@ class Entry:
 
 def encode_entry(epoch: int, seq: int, time_ns: int, volume: int, offset: int,
                  data: bytes | bytearray | memoryview, block_size: int, flags: int = 0,
-                 zero_length: int = 0) -> list[bytes | memoryview]:
+                 zero_length: int = 0, generation: int = 0) -> list[bytes | bytearray | memoryview]:
     """Header and data, padded to whole blocks, as buffers (the data is not copied).
 
     ``epoch`` is the journal's incarnation (from its superblock): entries left from an earlier
-    use of the LUN never pass for current ones, even with the expected sequence number."""
+    use of the LUN never pass for current ones, even with the expected sequence number.
+    ``generation`` is the primary's run (bumped by every open): a recovery scan never follows a
+    chain into an entry of an earlier run, which may have been written but never acknowledged."""
     length = zero_length if flags & FLAG_ZERO else len(data)
     head = HEADER.pack(ENTRY_MAGIC, VERSION, flags, seq, time_ns, volume, length, offset, _crc(data), epoch,
-                       bytes(8), 0)
+                       generation, 0)
     head = head[:60] + _crc(head[:60]).to_bytes(4, "big")
     pad = -(len(head) + len(data)) % block_size
     return [head, data, bytes(pad)] if pad else [head, data]
@@ -86,6 +93,7 @@ class EntryHeader:
     offset: int
     data_crc: int
     epoch: int
+    generation: int = 0
 
 
 def decode_header(buf: bytes | bytearray | memoryview) -> EntryHeader | None:
@@ -95,10 +103,10 @@ def decode_header(buf: bytes | bytearray | memoryview) -> EntryHeader | None:
     raw = bytes(buf[: HEADER.size])
     if _crc(raw[:60]) != int.from_bytes(raw[60:64], "big"):
         return None
-    magic, version, flags, seq, t, volume, length, offset, dcrc, epoch, _r, _c = HEADER.unpack(raw)
+    _m, version, flags, seq, t, volume, length, offset, dcrc, epoch, gen, _c = HEADER.unpack(raw)
     if version != VERSION:
         return None
-    return EntryHeader(flags, seq, t, volume, length, offset, dcrc, epoch)
+    return EntryHeader(flags, seq, t, volume, length, offset, dcrc, epoch, gen)
 
 
 def entry_span(length: int, block_size: int) -> int:
@@ -131,9 +139,10 @@ class Ring:
         return self.head, True
 
 
-def encode_superblock(group: str, block_size: int, head: int, end: int, epoch: int) -> bytes:
+def encode_superblock(group: str, block_size: int, head: int, end: int, epoch: int, generation: int = 0) -> bytes:
+    """The whole 4 KiB header area (the superblock, zeros after it: an empty activity log)."""
     name = group.encode()[:64].ljust(64, b"\0")
-    body = SUPER.pack(SUPER_MAGIC, VERSION, block_size, name, head, end, epoch, 0)
+    body = SUPER.pack(SUPER_MAGIC, SUPER_VERSION, block_size, name, head, end, epoch, generation, 0)
     body = body[:-4] + _crc(body[:-4]).to_bytes(4, "big")
     return body.ljust(HEAD_LBA_BYTES, b"\0")
 
@@ -145,6 +154,7 @@ class Superblock:
     head: int
     end: int
     epoch: int
+    generation: int = 0
 
     @property
     def ring(self) -> Ring:
@@ -152,13 +162,20 @@ class Superblock:
 
 
 def decode_superblock(buf: bytes) -> Superblock | None:
+    """Version 2, or version 1 (written before generations existed: generation 0)."""
     if len(buf) < SUPER.size or buf[:4] != SUPER_MAGIC:
         return None
-    raw = buf[: SUPER.size]
+    version = int.from_bytes(buf[4:6], "big")
+    layout = SUPER_V1 if version == 1 else SUPER if version == SUPER_VERSION else None
+    if layout is None:
+        return None
+    raw = buf[: layout.size]
     if _crc(raw[:-4]) != int.from_bytes(raw[-4:], "big"):
         return None
-    _m, _v, block_size, name, head, end, epoch, _c = SUPER.unpack(raw)
-    return Superblock(name.rstrip(b"\0").decode(errors="replace"), block_size, head, end, epoch)
+    fields = layout.unpack(raw)
+    block_size, name, head, end, epoch = fields[2:7]
+    generation = fields[7] if layout is SUPER else 0
+    return Superblock(name.rstrip(b"\0").decode(errors="replace"), block_size, head, end, epoch, generation)
 
 
 @dataclass(slots=True)
@@ -202,10 +219,16 @@ class PrimaryJournal:
         #: the entries written without a gap: what readers (the secondary) may take
         self.committed_seq = ptr.next_seq - 1
         self.committed_pos = ptr.in_pos
+        #: the committed point sampled before the last completed flush of the store: what a power
+        #: cut cannot take away, so all a secondary may acquire
+        self.durable_seq = self.committed_seq
+        self.durable_pos = self.committed_pos
         self.broken = ""
         self._pending: dict[int, Reservation] = {}
         self._written: set[int] = set()
         self._commit_changed = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._next_flush: asyncio.Future[None] | None = None
 
     @classmethod
     async def format(cls, store: Backstore, group: str, block_size: int) -> PrimaryJournal:
@@ -217,11 +240,17 @@ class PrimaryJournal:
         """Reopen after a restart: find journal-in by scanning from the persisted journal-out.
 
         Returns the journal and the entries found (the caller redoes them on the P-VOLs, since a
-        crash may have come between the journal write and the volume write)."""
-        sb = await load_superblock(store, group)
+        crash may have come between the journal write and the volume write). Before returning,
+        the superblock's generation is bumped and made durable (FUA, which also makes the
+        recovered entries durable): entries written from now on carry it, so a later scan can
+        tell them from entries of this run's predecessors that were never acknowledged."""
+        old = await load_superblock(store, group)
+        found = await read_entries(store, old, out_pos, out_seq, stop_at=None, generation=old.generation)
+        sb = Superblock(old.group, old.block_size, old.head, old.end, old.epoch, old.generation + 1)
+        await store.write(0, encode_superblock(sb.group, sb.block_size, sb.head, sb.end, sb.epoch,
+                                               sb.generation)[:SUPER_BYTES], fua=True)
         ring = sb.ring
         j = cls(store, sb, PrimaryPointers(out_pos, out_seq, out_pos, out_seq))
-        found = await j.scan(out_pos, out_seq, stop_at=None)
         if found:
             last = found[-1]
             j.ptr.in_pos = last.lba + last.span
@@ -231,11 +260,12 @@ class PrimaryJournal:
             j.ptr.oldest_time_ns = found[0].time_ns
         j.entries = len(found)
         j.committed_seq, j.committed_pos = j.ptr.next_seq - 1, j.ptr.in_pos
+        j.durable_seq, j.durable_pos = j.committed_seq, j.committed_pos  # the FUA above covered them
         return j, found
 
     async def scan(self, pos: int, seq: int, stop_at: int | None) -> list[Entry]:
         """Read consecutive entries from ``pos`` (expected to hold ``seq``) until the data ends."""
-        return await read_entries(self.store, self.sb, pos, seq, stop_at)
+        return await read_entries(self.store, self.sb, pos, seq, stop_at, generation=self.sb.generation)
 
     # --- appending -----------------------------------------------------------------------------
 
@@ -244,7 +274,7 @@ class PrimaryJournal:
 
     def fits(self, length: int) -> bool:
         span = entry_span(length, self.ring.block_size)
-        pos, wrapped = self.ring.place(self.ptr.in_pos, span)
+        _pos, wrapped = self.ring.place(self.ptr.in_pos, span)
         waste = self.ring.end - self.ptr.in_pos if wrapped else 0
         return span + waste <= self.free()
 
@@ -271,14 +301,15 @@ class PrimaryJournal:
     async def write_reserved(self, r: Reservation) -> None:
         """Write a reserved entry; many run at once, each at its own place in the ring."""
         bs = self.ring.block_size
-        epoch = self.sb.epoch
+        epoch, gen = self.sb.epoch, self.sb.generation
         try:
             if r.wrap_at is not None:
                 # The rest of the ring is unused: a marker sends readers back to the head.
-                await self.store.writev(r.wrap_at, encode_entry(epoch, r.seq, 0, 0, 0, b"", bs, FLAG_WRAP))
+                await self.store.writev(r.wrap_at, encode_entry(epoch, r.seq, 0, 0, 0, b"", bs, FLAG_WRAP,
+                                                                generation=gen))
             flags = FLAG_ZERO if r.zero_length else 0
             await self.store.writev(r.pos, encode_entry(epoch, r.seq, r.time_ns, r.volume, r.offset, r.data, bs,
-                                                        flags, r.zero_length))
+                                                        flags, r.zero_length, gen))
         except BaseException as exc:
             self.broken = self.broken or f"{type(exc).__name__}: {exc}"
             self._commit_changed.set()
@@ -315,7 +346,68 @@ class PrimaryJournal:
         return await self.commit(r)
 
     async def flush(self) -> None:
-        await self.store.flush()
+        """Make every committed entry durable (FUA, SYNCHRONIZE CACHE)."""
+        await self.make_durable()
+
+    async def make_durable(self) -> None:
+        """Move the durable point up to the committed point (no I/O when it is there already)."""
+        if self.committed_seq > self.durable_seq:
+            await self.flush_store()
+
+    async def flush_store(self) -> None:
+        """A flush of the journal store that starts after this call. Callers at the same time
+        share one: while a flush runs, the next callers wait for a single one after it."""
+        loop = asyncio.get_running_loop()
+        if self._next_flush is None:
+            self._next_flush = loop.create_future()
+        fut = self._next_flush  # the round that has not started its flush yet
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush_rounds())
+        await asyncio.shield(fut)
+
+    async def _flush_rounds(self) -> None:
+        try:
+            while self._next_flush is not None:
+                fut, self._next_flush = self._next_flush, None
+                seq, pos = self.committed_seq, self.committed_pos  # sampled before the flush starts
+                try:
+                    await self.store.flush()
+                except Exception as exc:  # noqa: BLE001 - handed to every caller of this round
+                    if not fut.done():
+                        fut.set_exception(exc)
+                        fut.exception()  # retrieved here too: a cancelled caller must not leave it unseen
+                else:
+                    if seq > self.durable_seq:
+                        self.durable_seq, self.durable_pos = seq, pos
+                    if not fut.done():
+                        fut.set_result(None)
+        finally:
+            self._flusher = None
+
+    def recover_from_failure(self) -> bool:
+        """Accept appends again after a failed entry write (pairresync after PSUE); True if the
+        journal was restarted, empty, at new pointers the secondary must adopt.
+
+        Entries reserved after the failure may sit in the ring without ever having been committed,
+        so their sequence numbers are never reused (a reused number at the same place could bring
+        a stale entry back after a crash): the journal restarts empty just past every reservation.
+        Only possible once the secondary has taken everything committed (journal-out at the
+        committed end); the caller holds the group lock with journaling suspended."""
+        if not self.broken:
+            return False
+        if self.ptr.out_seq != self.committed_seq + 1:
+            raise JournalFull(f"journal of group {self.group} failed ({self.broken}) and still holds entries "
+                              f"{self.ptr.out_seq}..{self.committed_seq}: acquire and purge them first")
+        self.broken = ""
+        self._pending.clear()
+        self._written.clear()
+        self.ptr.out_pos = self.committed_pos = self.ptr.in_pos
+        self.ptr.out_seq = self.ptr.next_seq
+        self.committed_seq = self.ptr.next_seq - 1
+        self.entries = 0
+        self.ptr.oldest_time_ns = 0
+        self._commit_changed.set()
+        return True
 
     # --- purging -------------------------------------------------------------------------------
 
@@ -341,7 +433,8 @@ class PrimaryJournal:
     def status(self) -> dict[str, int]:
         used = self.ring.used(self.ptr.out_pos, self.ptr.in_pos)
         return {"journal_out": self.ptr.out_pos, "journal_in": self.committed_pos, "out_seq": self.ptr.out_seq,
-                "next_seq": self.committed_seq + 1, "entries": self.entries, "bytes_used": used,
+                "next_seq": self.committed_seq + 1, "durable_in": self.durable_pos, "durable_seq": self.durable_seq,
+                "entries": self.entries, "bytes_used": used,
                 "capacity": self.ring.capacity, "head": self.ring.head, "end": self.ring.end,
                 "oldest_time_ns": self.ptr.oldest_time_ns}
 
@@ -353,8 +446,8 @@ async def format_journal(store: Backstore, group: str, block_size: int) -> Super
     end = store.size - store.size % block_size
     if end - HEAD_LBA_BYTES < 64 * block_size:
         raise ValueError(f"a journal LUN of {store.size} bytes is too small")
-    sb = Superblock(group, block_size, HEAD_LBA_BYTES, end, secrets.randbits(63) or 1)
-    await store.write(0, encode_superblock(group, block_size, sb.head, sb.end, sb.epoch), fua=True)
+    sb = Superblock(group, block_size, HEAD_LBA_BYTES, end, secrets.randbits(63) or 1, 1)
+    await store.write(0, encode_superblock(group, block_size, sb.head, sb.end, sb.epoch, sb.generation), fua=True)
     return sb
 
 
@@ -365,22 +458,36 @@ async def load_superblock(store: Backstore, group: str) -> Superblock:
     return sb
 
 
+def generation_ok(previous: int, current: int, limit: int) -> bool:
+    """May an entry of generation ``current`` follow one of ``previous`` in a recovery scan?
+    Generations never decrease along the journal, and none is newer than the superblock's."""
+    return previous <= current <= limit
+
+
 async def read_entries(store: Backstore, sb: Superblock, pos: int, seq: int, stop_at: int | None,
-                       max_bytes: int = 1 << 62) -> list[Entry]:
+                       max_bytes: int = 1 << 62, generation: int | None = None) -> list[Entry]:
     """Consecutive valid entries from ``pos`` (first must carry ``seq``), following wrap markers,
-    up to ``stop_at`` (a ring position) or the first invalid header; data CRCs are verified."""
+    up to ``stop_at`` (a ring position) or the first invalid header; data CRCs are verified.
+
+    With ``generation`` (the primary's recovery scan) the chain also ends at an entry whose
+    generation is lower than its predecessor's or higher than ``generation`` (see
+    :func:`generation_ok`); a secondary reads only what the primary committed and passes None."""
     ring = sb.ring
     out: list[Entry] = []
     total = 0
     bs = ring.block_size
+    gen = 0
     while total < max_bytes:
         if stop_at is not None and pos == stop_at:
             break
         hdr = decode_header(await store.read(pos, bs))
+        if hdr is not None and generation is not None and not generation_ok(gen, hdr.generation, generation):
+            hdr = None
         if hdr is None or hdr.seq != seq or hdr.epoch != sb.epoch:
             if stop_at is not None:
                 raise JournalCorrupt(f"no entry {seq} at ring position {pos}")
             break
+        gen = hdr.generation
         if hdr.flags & FLAG_WRAP:
             pos = ring.head
             continue
