@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 
+from .. import persist
 from .base import Backstore, BackstoreError, BackstoreFull, Extent
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,15 @@ class SparseFileBackstore(Backstore):
 
     @staticmethod
     def _open(path: str, size: int) -> int:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        """Open (creating on first start) and size the file; a new file and a new size are made
+        durable before the LUN serves anything, or a power cut could take the LUN file away (or
+        shrink it) under data written to it and acknowledged with FUA."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            created = True
+        except FileExistsError:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            created = False
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -59,7 +68,10 @@ class SparseFileBackstore(Backstore):
             if current < size:
                 # Growing is safe; shrinking never happens.
                 os.ftruncate(fd, size)
+                os.fsync(fd)  # the size is metadata: fdatasync alone need not keep it
                 log.info("%s: sized to %d bytes (was %d)", path, size, current)
+            if created:
+                persist.fsync_dir(os.path.dirname(os.path.abspath(path)))
         except BaseException:
             os.close(fd)
             raise
