@@ -10,10 +10,12 @@ a resync copies only what changed.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..backstore.base import Backstore, Extent, first_difference
+from .activity import ActivityLog
 from .journal import JournalFull, PrimaryJournal, Reservation
 
 #: differential bitmap granularity: one bit (here: one set member) per MiB of volume
@@ -29,10 +31,16 @@ class _InFlight:
 
 
 class WriteOrder:
-    """One journal group's write order on the primary, and what happens when the journal is full."""
+    """One journal group's write order on the primary, and what happens when the journal is full.
+
+    Per journaled write: entry reserved under the lock, entry written and committed, the write's
+    extent in the activity log (persisted first if it was not), then the volume write. A volume
+    write that fails after its entry was committed suspends the pairs with its region in the
+    differential bitmap: the entry still reaches the S-VOL, so a resync must copy the region."""
 
     def __init__(self, journal: PrimaryJournal, on_full: Callable[[str], None],
-                 on_dirty: Callable[[int, set[int]], None], delay_limit: float = 0.0) -> None:
+                 on_dirty: Callable[[int, set[int]], Awaitable[None] | None], delay_limit: float = 0.0,
+                 activity: ActivityLog | None = None) -> None:
         self.journal = journal
         self._inflight: list[_InFlight] = []
         #: "delay" policy: how long a write may wait for journal room before the pairs suspend
@@ -40,15 +48,49 @@ class WriteOrder:
         self.lock = asyncio.Lock()
         self.journaling = True
         self.dirty: dict[int, set[int]] = {}
+        #: each P-VOL's own store (registered by JournaledStore), for flushes before a purge
+        self.volumes: dict[int, Backstore] = {}
+        self.activity = activity
+        if activity is not None and activity.flush_volumes is None:
+            activity.flush_volumes = self.flush_volumes
         self._on_full = on_full
         self._on_dirty = on_dirty
+        self._dirty_persisting: dict[tuple[int, int], asyncio.Future[None]] = {}
 
-    def mark(self, volume: int, offset: int, length: int) -> None:
+    # --- the differential bitmap -----------------------------------------------------------------
+
+    def _mark_now(self, volume: int, offset: int, length: int) -> list[asyncio.Future[None]]:
+        """Record the regions at once (in write order); returns the persists to wait for before
+        the volume write (a crash must not leave a written region unrecorded)."""
         regions = self.dirty.setdefault(volume, set())
-        new = set(range(offset // REGION, (offset + max(length, 1) - 1) // REGION + 1)) - regions
+        span = range(offset // REGION, (offset + max(length, 1) - 1) // REGION + 1)
+        new = {r for r in span if r not in regions}
+        waits = [self._dirty_persisting[(volume, r)] for r in span if (volume, r) in self._dirty_persisting] \
+            if self._dirty_persisting else []
         if new:
             regions |= new
-            self._on_dirty(volume, new)  # persisted before the write is acknowledged
+            fut = asyncio.ensure_future(self._persist_dirty(volume, new))
+            for r in new:
+                self._dirty_persisting[(volume, r)] = fut
+            waits.append(fut)
+        return waits
+
+    async def _persist_dirty(self, volume: int, new: set[int]) -> None:
+        try:
+            res = self._on_dirty(volume, set(new))
+            if inspect.isawaitable(res):  # the async callback (off the loop); a plain one still works
+                await res
+        except BaseException:
+            self.dirty.get(volume, set()).difference_update(new)  # not recorded: the next write retries
+            raise
+        finally:
+            for r in new:
+                self._dirty_persisting.pop((volume, r), None)
+
+    async def mark(self, volume: int, offset: int, length: int) -> None:
+        """Record a range in the bitmap and wait until it is persisted."""
+        for w in self._mark_now(volume, offset, length):
+            await asyncio.shield(w)
 
     def _suspend(self, why: str) -> None:
         # Policy "suspend" (and any journal failure): the pairs go PSUE and the bitmap takes over.
@@ -56,19 +98,24 @@ class WriteOrder:
             self.journaling = False
             self._on_full(why)
 
-    def _reserve(self, volume: int, offset: int, data: bytes | bytearray | memoryview, zero: int) -> Reservation | None:
-        """Under the lock: the write's place in the group's order, or None when not journaling."""
+    # --- ordering ----------------------------------------------------------------------------------
+
+    def _reserve(self, volume: int, offset: int, data: bytes | bytearray | memoryview,
+                 zero: int) -> tuple[Reservation | None, list[asyncio.Future[None]]]:
+        """Under the lock: the write's place in the group's order, or the bitmap persists to wait
+        for when not journaling."""
         if self.journaling:
             try:
-                return self.journal.reserve(volume, offset, data, zero_length=zero)
+                return self.journal.reserve(volume, offset, data, zero_length=zero), []
             except JournalFull as exc:
                 self._suspend(str(exc))
-        self.mark(volume, offset, zero or len(data))
-        return None
+        return None, self._mark_now(volume, offset, zero or len(data))
 
-    async def _commit(self, r: Reservation | None) -> None:
+    async def _commit(self, r: Reservation | None, waits: list[asyncio.Future[None]]) -> None:
         """Write the entry (concurrently with other writes' entries) and wait until it and every
         earlier entry are in the journal; on a journal failure, suspend and keep the data."""
+        for w in waits:
+            await asyncio.shield(w)
         if r is None:
             return
         try:
@@ -76,7 +123,7 @@ class WriteOrder:
             await self.journal.commit(r)
         except Exception as exc:  # noqa: BLE001 - the host write itself still succeeds
             self._suspend(f"journal write failed: {exc}")
-            self.mark(r.volume, r.offset, r.zero_length or len(r.data))
+            await self.mark(r.volume, r.offset, r.zero_length or len(r.data))
 
     async def _room(self, length: int) -> None:
         """Under the "delay" policy, hold a write (outside the lock, so purges go on) until the
@@ -96,45 +143,51 @@ class WriteOrder:
         self._inflight.append(me)
         return me, waits
 
-    async def _apply(self, me: _InFlight, waits: list[asyncio.Event], op: Callable[[], Awaitable[None]]) -> None:
+    async def _ordered(self, volume: int, start: int, end: int, data: bytes | bytearray | memoryview,
+                       zero: int, op: Callable[[], Awaitable[None]]) -> None:
+        """The common path of WRITE, UNMAP and WRITE SAME: reserve, commit, activity log, volume."""
+        async with self.lock:
+            r, marks = self._reserve(volume, start, data, zero)
+            me, waits = self._register(volume, start, end)
+            al = self.activity if r is not None else None
+            hot = al.enter(volume, start, end) if al is not None else None
         try:
+            await self._commit(r, marks)
+            if hot is not None:
+                await asyncio.shield(hot)
             for w in waits:
                 await w.wait()
-            await op()
+            try:
+                await op()
+            except Exception as exc:
+                if r is not None:
+                    await self._volume_failed(r, exc)
+                raise
         finally:
             me.done.set()
             self._inflight.remove(me)
+            if al is not None:
+                al.leave(volume, start, end)
+
+    async def _volume_failed(self, r: Reservation, exc: Exception) -> None:
+        """The entry is committed (and will reach the S-VOL) but the P-VOL write failed: suspend
+        and record the region, so a resync copies what the P-VOL really holds there."""
+        self._suspend(f"P-VOL {r.volume} write failed after its journal entry {r.seq}: {exc}")
+        await self.mark(r.volume, r.offset, r.zero_length or len(r.data))
 
     async def write(self, volume: int, store: Backstore, offset: int, data: bytes | bytearray | memoryview,
                     fua: bool) -> None:
         # The journal append is serialised (it defines the order); the volume writes of
         # non-overlapping requests then run side by side, overlapping ones in sequence order.
         await self._room(len(data))
-        async with self.lock:
-            r = self._reserve(volume, offset, data, 0)
-            me, waits = self._register(volume, offset, offset + len(data))
-        try:
-            await self._commit(r)
-        except BaseException:
-            me.done.set()
-            self._inflight.remove(me)
-            raise
-        await self._apply(me, waits, lambda: store.write(offset, data, False))
+        await self._ordered(volume, offset, offset + len(data), data, 0, lambda: store.write(offset, data, False))
         if fua:
             await self.sync(store)
 
     async def zero(self, volume: int, store: Backstore, offset: int, length: int, unmap: bool) -> None:
         await self._room(0)
-        async with self.lock:
-            r = self._reserve(volume, offset, b"", length)
-            me, waits = self._register(volume, offset, offset + length)
-        try:
-            await self._commit(r)
-        except BaseException:
-            me.done.set()
-            self._inflight.remove(me)
-            raise
-        await self._apply(me, waits, lambda: store.unmap(offset, length) if unmap else store.write_zeroes(offset, length))
+        await self._ordered(volume, offset, offset + length, b"", length,
+                            lambda: store.unmap(offset, length) if unmap else store.write_zeroes(offset, length))
 
     async def compare_and_write(self, volume: int, store: Backstore, offset: int,
                                 expected: bytes | bytearray | memoryview, data: bytes | bytearray | memoryview,
@@ -146,8 +199,21 @@ class WriteOrder:
                 await f.done.wait()
             diff = first_difference(await store.read(offset, len(expected)), expected)
             if diff < 0:
-                await self._commit(self._reserve(volume, offset, data, 0))
-                await store.write(offset, data, False)
+                r, marks = self._reserve(volume, offset, data, 0)
+                await self._commit(r, marks)
+                al = self.activity if r is not None else None
+                hot = al.enter(volume, offset, end) if al is not None else None
+                try:
+                    if hot is not None:
+                        await asyncio.shield(hot)
+                    await store.write(offset, data, False)
+                except Exception as exc:
+                    if r is not None:
+                        await self._volume_failed(r, exc)
+                    raise
+                finally:
+                    if al is not None:
+                        al.leave(volume, offset, end)
         if diff < 0 and fua:
             await self.sync(store)
         return diff
@@ -155,6 +221,27 @@ class WriteOrder:
     async def sync(self, store: Backstore) -> None:
         await self.journal.flush()
         await store.flush()
+
+    # --- durability for purge and shutdown -----------------------------------------------------
+
+    async def flush_volumes(self, volumes: set[int] | None = None) -> None:
+        """Flush the P-VOLs (all, or those named) side by side."""
+        stores = [s for v, s in self.volumes.items() if volumes is None or v in volumes]
+        await asyncio.gather(*(s.flush() for s in stores))
+
+    async def make_volumes_durable(self) -> None:
+        """Before journal-out is persisted by a purge: every committed entry, then every P-VOL
+        write, durable. Otherwise a power cut could leave a P-VOL without a write whose entry
+        the purge already freed (the S-VOL has it, the P-VOL not, and no redo can tell)."""
+        await self.journal.make_durable()
+        await self.flush_volumes()
+
+    async def close(self) -> None:
+        """Clean shutdown, after host writes stopped: everything durable, activity log empty."""
+        if self.activity is not None:
+            await self.activity.empty()
+        else:
+            await self.make_volumes_durable()
 
 
 class JournaledStore(Backstore):
@@ -164,6 +251,7 @@ class JournaledStore(Backstore):
         self.inner = inner
         self.order = order
         self.volume = volume
+        order.volumes[volume] = inner
         self.size = inner.size
         self.thin = inner.thin
 
