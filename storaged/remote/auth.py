@@ -5,14 +5,16 @@ two-site setup. The exchange is::
 
     client -> HELLO      {name, uuid, min_version, max_version, nonce_c}
     server -> HELLO_ACK  {name, uuid, version, nonce_s}           (or ERROR, close)
-    client -> AUTH       {proof_c = HMAC(K, "client" | v | nonce_c | nonce_s | name_c | name_s)}
+    client -> AUTH       {proof_c = HMAC(K, "client" | v | offered | nonce_c | nonce_s | name_c | name_s)}
     server -> AUTH_OK    {proof_s = HMAC(K, "server" | ...same fields...)}   (or ERROR AUTH_FAILED)
 
 Each proof covers both fresh 32-byte nonces, so it cannot be replayed on another connection, and
 a role label, so a server's proof can never be reflected back as a client's (and vice versa).
 The client proves itself first, so an unauthenticated caller gets no proof to attack offline.
-The names and the negotiated version are covered too, so neither can be altered in flight.
-This authenticates the connection's start only: there is no encryption or per-frame MAC.
+The names, the negotiated version and the range the client offered are covered too, so none
+can be altered in flight (no downgrade to an older version both ends still speak).
+Both ends then derive per-direction frame keys (``session_keys()``), and every later frame
+carries a tag (:mod:`storaged.remote.integrity`). There is no encryption.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import struct
 from typing import Any
 
+from .integrity import derive_keys
 from .protocol import (
     MAX_VERSION,
     MIN_VERSION,
@@ -62,10 +65,11 @@ def _field(b: bytes) -> bytes:
 
 
 def proof(secret: str | bytes, label: bytes, version: int, nonce_c: bytes, nonce_s: bytes,
-          name_c: str, name_s: str) -> bytes:
-    """HMAC-SHA256 over length-prefixed fields, so no two field lists give the same message."""
+          name_c: str, name_s: str, *, offered: tuple[int, int]) -> bytes:
+    """HMAC-SHA256 over length-prefixed fields, so no two field lists give the same message.
+    ``offered`` is the client's (min, max) version range as its HELLO said."""
     key = secret.encode() if isinstance(secret, str) else secret
-    msg = b"".join([_field(label), struct.pack(">B", version), _field(nonce_c), _field(nonce_s),
+    msg = b"".join([_field(label), struct.pack(">BBB", version, *offered), _field(nonce_c), _field(nonce_s),
                     _field(name_c.encode()), _field(name_s.encode())])
     return hmac.new(key, msg, hashlib.sha256).digest()
 
@@ -156,19 +160,26 @@ class ClientHandshake:
             raise HandshakeError(Status.AUTH_FAILED, "server echoed our nonce (reflection attempt?)")
         self.version = version
         self._state = "auth"
-        p = proof(self.secret, CLIENT_LABEL, version, self.nonce, self.peer_nonce, self.name, self.peer_name)
+        p = proof(self.secret, CLIENT_LABEL, version, self.nonce, self.peer_nonce, self.name, self.peer_name,
+                  offered=self.versions)
         return encode_frame(FrameType.AUTH, payload=encode_json({"proof": p.hex()}), version=version)
 
     def _on_auth_ok(self, frame: Frame) -> list[Buffer]:
         assert self.version is not None
         got = _get_hex(decode_json(frame.payload), "proof", hashlib.sha256().digest_size)
         want = proof(self.secret, SERVER_LABEL, self.version, self.nonce, self.peer_nonce, self.name,
-                     self.peer_name)
+                     self.peer_name, offered=self.versions)
         if not hmac.compare_digest(got, want):
             raise HandshakeError(Status.AUTH_FAILED, f"array {self.peer_name!r} failed to prove the shared secret")
         self.done = True
         self._state = "done"
         return []
+
+    def session_keys(self) -> tuple[bytes, bytes]:
+        """(key for the frames we send, key for the frames we receive), once ``done``."""
+        assert self.done and self.version is not None
+        k = derive_keys(self.secret, self.version, self.nonce, self.peer_nonce, self.name, self.peer_name)
+        return k.client_to_server, k.server_to_client
 
 
 class ServerHandshake:
@@ -182,6 +193,8 @@ class ServerHandshake:
         self.peer_nonce = b""
         self.peer_name = ""  # as claimed until ``done``
         self.peer_uuid = ""
+        self.offered = (0, 0)  # the client's version range
+        self._secret = ""  # the one the client proved it holds
         self.version: int | None = None
         self.done = False
         self._state = "hello"
@@ -205,6 +218,7 @@ class ServerHandshake:
         self.peer_uuid = _get_str(body, "uuid")
         theirs = (_get_int(body, "min_version"), _get_int(body, "max_version"))
         self.peer_nonce = _get_hex(body, "nonce", NONCE_SIZE)
+        self.offered = theirs
         version = pick_version(self.versions, theirs)
         if version is None:
             raise HandshakeError(Status.UNSUPPORTED_VERSION,
@@ -221,12 +235,21 @@ class ServerHandshake:
 
     def _on_auth(self, frame: Frame) -> list[Buffer]:
         assert self.version is not None
-        secret = self.secrets[self.peer_name]
+        secret = self._secret = self.secrets[self.peer_name]
         got = _get_hex(decode_json(frame.payload), "proof", hashlib.sha256().digest_size)
-        want = proof(secret, CLIENT_LABEL, self.version, self.peer_nonce, self.nonce, self.peer_name, self.name)
+        want = proof(secret, CLIENT_LABEL, self.version, self.peer_nonce, self.nonce, self.peer_name, self.name,
+                     offered=self.offered)
         if frame.version != self.version or not hmac.compare_digest(got, want):
             raise HandshakeError(Status.AUTH_FAILED, "authentication failed", peer_name=self.peer_name)
         self.done = True
         self._state = "done"
-        mine = proof(secret, SERVER_LABEL, self.version, self.peer_nonce, self.nonce, self.peer_name, self.name)
+        mine = proof(secret, SERVER_LABEL, self.version, self.peer_nonce, self.nonce, self.peer_name, self.name,
+                     offered=self.offered)
         return encode_frame(FrameType.AUTH_OK, payload=encode_json({"proof": mine.hex()}), version=self.version)
+
+    def session_keys(self) -> tuple[bytes, bytes]:
+        """(key for the frames we send, key for the frames we receive), once ``done``."""
+        assert self.done and self.version is not None
+        k = derive_keys(self._secret, self.version, self.peer_nonce, self.nonce, self.peer_name,
+                        self.name)
+        return k.server_to_client, k.client_to_server

@@ -1,9 +1,10 @@
 """asyncio side of the remote link: the server that serves our volumes to a peer, and the
 client (:class:`PeerLink`) that reaches a peer's volumes.
 
-Frames are decoded by the sans-IO :class:`~storaged.remote.protocol.FrameReader`; this module only
-moves bytes, runs requests as tasks, applies backpressure, and keeps the client connected
-(reconnect with backoff, keepalive). Connections are ``asyncio.BufferedProtocol`` so large READ
+Frames are decoded by the sans-IO :class:`~storaged.remote.reader.FrameReader`; this module only
+moves bytes, runs requests as tasks, applies backpressure, bounds what peers that have not
+authenticated may cost (frame size, number of connections, time), seals every frame after the
+handshake with its tag, and keeps the client connected (reconnect with backoff, keepalive). Connections are ``asyncio.BufferedProtocol`` so large READ
 and WRITE payloads are received straight into the buffer handed to the caller or the volume.
 """
 
@@ -23,6 +24,7 @@ from ..netio import BatchedWriter, tune_socket
 from ..origin import ORIGIN, current_origin, via_peer
 from .api import LinkDown, LinkError, LinkHandler, LinkTimeout, RemoteError, Volume, VolumeInfo
 from .auth import ClientHandshake, HandshakeError, ServerHandshake
+from .integrity import FrameMac
 from .protocol import (
     DATA_OPCODES,
     FLAG_FUA,
@@ -31,7 +33,6 @@ from .protocol import (
     MIN_VERSION,
     Buffer,
     Frame,
-    FrameReader,
     FrameType,
     Opcode,
     ProtocolError,
@@ -50,6 +51,7 @@ from .protocol import (
     error_message,
     status_for_exception,
 )
+from .reader import FrameReader
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,9 @@ class _FrameConnection(asyncio.BufferedProtocol):
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.reader = FrameReader()
+        self.reader = FrameReader.handshake()
+        #: seals every frame we send once the handshake is done
+        self.tx_mac: FrameMac | None = None
         self.transport: asyncio.Transport | None = None
         self.address = "?"
         self.version = MAX_VERSION
@@ -155,8 +159,11 @@ class _FrameConnection(asyncio.BufferedProtocol):
     # --- output ----------------------------------------------------------------------------
 
     def send(self, buffers: Sequence[Buffer]) -> None:
+        """Queue one encoded frame (``[header, *payload parts]``), sealed after the handshake."""
         if self.closing or not buffers:
             return
+        if self.tx_mac is not None:
+            buffers = self.tx_mac.seal(buffers)
         self.bytes_out += sum(len(b) for b in buffers)
         self.out.queue(buffers)
 
@@ -188,7 +195,11 @@ class _FrameConnection(asyncio.BufferedProtocol):
             return e
         if self.hs.version is not None:  # type: ignore[attr-defined]
             self.version = self.reader.version = self.hs.version  # type: ignore[attr-defined]
-        self.send(out)
+        self.send(out)  # the last handshake frame goes out untagged: the proofs cover it
+        if self.hs.done:  # type: ignore[attr-defined]
+            tx, rx = self.hs.session_keys()  # type: ignore[attr-defined]
+            self.tx_mac = FrameMac(tx)
+            self.reader.authenticated(self.version, FrameMac(rx))
         return None
 
     def fail(self, status: int, message: str) -> None:
@@ -223,14 +234,27 @@ class _ServerConnection(_FrameConnection):
         self.requests = 0
         self.max_inflight_seen = 0
         self._hs_timer: asyncio.TimerHandle | None = None
+        self._admitted = False  # holds one of the server's slots for unauthenticated connections
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if not self.server.admit(self.address):
+            self.closing = True
+            self.close_reason = "refused: too many unauthenticated connections"
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self._admitted = True
         self.server.connections.add(self)
         self._hs_timer = self.loop.call_later(self.server.handshake_timeout, self._handshake_expired)
         log.debug("remote link: connection from %s", self.address)
 
+    def _release_slot(self) -> None:
+        if self._admitted:
+            self._admitted = False
+            self.server.unauthenticated -= 1
+
     def on_lost(self) -> None:
+        self._release_slot()
         self.server.connections.discard(self)
         if self._hs_timer is not None:
             self._hs_timer.cancel()
@@ -297,6 +321,7 @@ class _ServerConnection(_FrameConnection):
             return
         if self.hs.done:
             self.peer = self.hs.peer_name
+            self._release_slot()
             if self._hs_timer is not None:
                 self._hs_timer.cancel()
             log.info("remote link: array %r (%s) authenticated, protocol v%d", self.peer, self.address,
@@ -377,11 +402,18 @@ class _ServerConnection(_FrameConnection):
 
 
 class LinkServer:
-    """Accepts peer arrays, authenticates them, and serves their requests through ``handler``."""
+    """Accepts peer arrays, authenticates them, and serves their requests through ``handler``.
+
+    At most ``max_unauthenticated`` connections may be in the handshake at once (each costs a few
+    KiB: handshake frames are capped, see :class:`~storaged.remote.reader.FrameReader`); more are
+    closed as soon as they are accepted, and logged at most once per ``REFUSAL_LOG_INTERVAL``.
+    """
+
+    REFUSAL_LOG_INTERVAL = 10.0
 
     def __init__(self, array_name: str, array_uuid: str, secrets: dict[str, str], handler: LinkHandler, *,
                  max_inflight_per_connection: int = 64, keepalive: float = 5.0, handshake_timeout: float = 10.0,
-                 versions: tuple[int, int] = (MIN_VERSION, MAX_VERSION)) -> None:
+                 max_unauthenticated: int = 16, versions: tuple[int, int] = (MIN_VERSION, MAX_VERSION)) -> None:
         self.array_name = array_name
         self.array_uuid = array_uuid
         self.secrets = secrets  # peer array name -> shared secret; read at each handshake
@@ -389,8 +421,14 @@ class LinkServer:
         self.max_inflight = max_inflight_per_connection
         self.keepalive = keepalive
         self.handshake_timeout = handshake_timeout
+        self.max_unauthenticated = max_unauthenticated
         self.versions = versions
         self.connections: set[_ServerConnection] = set()
+        #: connections in the handshake now, and connections refused because there were too many
+        self.unauthenticated = 0
+        self.refused = 0
+        self._unlogged_refusals = 0
+        self._last_refusal_log = -float("inf")
         self._server: asyncio.base_events.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
 
@@ -426,6 +464,22 @@ class LinkServer:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+
+    def admit(self, address: str) -> bool:
+        """Take a slot for a new, unauthenticated connection, or refuse it (rate-limited log)."""
+        if self.unauthenticated < self.max_unauthenticated:
+            self.unauthenticated += 1
+            return True
+        self.refused += 1
+        self._unlogged_refusals += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._last_refusal_log >= self.REFUSAL_LOG_INTERVAL:
+            log.warning("remote link: refused %d connection(s) (latest from %s): %d connections are already "
+                        "in the handshake (max_unauthenticated)", self._unlogged_refusals, address,
+                        self.unauthenticated)
+            self._last_refusal_log = now
+            self._unlogged_refusals = 0
+        return False
 
     def status(self) -> list[dict[str, Any]]:
         """One entry per connection (authenticated or not)."""
@@ -704,9 +758,9 @@ class PeerLink:
                 if not self._closed:
                     await asyncio.sleep(random.uniform(self.backoff_initial / 2, self.backoff_initial))
         finally:
-            conn = self._conn
-            if conn is not None:
-                conn.close("link closed locally")
+            last = self._conn
+            if last is not None:
+                last.close("link closed locally")
                 self._conn = None
             self._set_state("down")
 

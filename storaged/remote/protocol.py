@@ -1,8 +1,8 @@
 """Sans-IO wire format of the remote link: frames in and out as bytes, no sockets.
 
-Like h11, nothing here touches the network: :class:`FrameReader` turns received bytes into
-:class:`Frame` objects and ``encode_*`` functions turn requests into lists of buffers for one
-``writelines()``. The connection code in :mod:`storaged.remote.link` only moves bytes, so the codec
+Like h11, nothing here touches the network: :class:`~storaged.remote.reader.FrameReader` turns
+received bytes into :class:`Frame` objects and ``encode_*`` functions turn requests into lists of
+buffers for one ``writelines()``. The connection code in :mod:`storaged.remote.link` only moves bytes, so the codec
 is tested and fuzzed without an event loop.
 
 Every frame is a fixed 28-byte header followed by ``length`` payload bytes::
@@ -11,12 +11,13 @@ Every frame is a fixed 28-byte header followed by ``length`` payload bytes::
     | request id u64 | payload length u32 | CRC32C u32
 
 The CRC32C covers the first 24 header bytes and the payload, so a corrupted length, request id
-or data block is caught before it reaches a volume. All integers are big-endian.
+or data block is caught before it reaches a volume. After the handshake a 16-byte tag follows
+the header of every frame (:mod:`storaged.remote.integrity`): the CRC catches accidents, the tag
+attacks. All integers are big-endian. Decoding is in :mod:`storaged.remote.reader`.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 from collections.abc import Iterable, Sequence
@@ -32,8 +33,9 @@ Buffer: TypeAlias = bytes | bytearray | memoryview
 
 MAGIC = b"SDRL"
 #: protocol versions this build speaks; the handshake picks the highest both sides support
-MIN_VERSION = 1
-MAX_VERSION = 1
+#: v2 added a tag to every frame after the handshake; v1 peers are refused (UNSUPPORTED_VERSION)
+MIN_VERSION = 2
+MAX_VERSION = 2
 
 _HEAD = struct.Struct(">4sBBBBHHQI")  # everything the CRC covers before the payload
 _CRC = struct.Struct(">I")
@@ -93,9 +95,16 @@ class Status(IntEnum):
     WRONG_STATE = 9  # a frame not valid at this point of the connection
     UNSUPPORTED_VERSION = 10  # no common protocol version
     AUTH_FAILED = 11  # unknown array or wrong secret
+    INTEGRITY_FAILED = 12  # a frame after the handshake had a wrong tag (see integrity.py)
 
 
 _FRAME_TYPES = frozenset(int(t) for t in FrameType)
+#: the only frames legal before the handshake is done
+HANDSHAKE_TYPES = frozenset({FrameType.HELLO, FrameType.HELLO_ACK, FrameType.AUTH, FrameType.AUTH_OK,
+                             FrameType.ERROR})
+#: largest payload accepted before the handshake is done: a HELLO with the longest legal names
+#: and JSON escapes fits in it; a peer that has not authenticated cannot make us buffer more
+PREAUTH_MAX_PAYLOAD = 8192
 
 
 class ProtocolError(Exception):
@@ -278,165 +287,6 @@ def decode_json(payload: Buffer) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ProtocolError("JSON payload must be an object")
     return obj
-
-
-# --- decoding -------------------------------------------------------------------------------
-
-
-class FrameReader:
-    """Reassembles frames from a byte stream.
-
-    Feed it with :meth:`feed` (any transport) or :meth:`get_buffer`/:meth:`buffer_updated` (an
-    ``asyncio.BufferedProtocol``): for a large payload the reader hands out a view of the payload
-    object itself, so the socket reads straight into the bytes a READ returns (no copy).
-    :meth:`next_frame` decodes one frame and never looks past it, so a connection that stops
-    calling it (backpressure) leaves the rest unparsed, and a version pinned after the handshake
-    applies to the very next frame. Any error is final: the stream cannot be resynchronised.
-    """
-
-    #: payloads at least this big are received directly into their own buffer
-    DIRECT_THRESHOLD = 64 * 1024
-    SCRATCH = 256 * 1024
-
-    def __init__(self, version: int | None = None, max_payload: int = MAX_PAYLOAD) -> None:
-        #: the only protocol version accepted; None (before the handshake) accepts any
-        self.version = version
-        self.max_payload = max_payload
-        self._buf = bytearray()
-        self._scratch = bytearray(self.SCRATCH)
-        self._error: ProtocolError | None = None
-        # a large payload being received in place
-        self._head = b""
-        self._bio: io.BytesIO | None = None
-        self._view: memoryview | None = None
-        self._filled = 0
-        self._direct_handed = False
-        self._ready: Frame | None = None  # a payload completed in place, not yet returned
-
-    @property
-    def buffered(self) -> int:
-        """Bytes received but not yet returned as frames."""
-        return len(self._buf) + self._filled + (len(self._ready.payload) + HEADER_SIZE if self._ready else 0)
-
-    @property
-    def payload_complete(self) -> bool:
-        """A payload received in place is complete. The transport may still hold the view it read
-        into until its callback returns; calling :meth:`next_frame` after that lets the payload
-        be handed out without a copy (``BytesIO.getvalue`` copies while any view is alive)."""
-        return self._view is not None and self._filled == len(self._view)
-
-    def feed(self, data: Buffer) -> None:
-        mv = memoryview(data).cast("B")
-        if self._view is not None:
-            n = min(len(mv), len(self._view) - self._filled)
-            self._view[self._filled : self._filled + n] = mv[:n]
-            self._filled += n
-            mv = mv[n:]
-        if len(mv):
-            self._buf += mv
-
-    def get_buffer(self, sizehint: int = -1) -> memoryview:
-        if self.payload_complete:
-            # the transport dropped the view it read into (it wants a new buffer): hand the
-            # payload over now, without a copy, though next_frame() has not been called yet
-            self._complete_direct()
-        if self._view is not None and self._filled < len(self._view):
-            self._direct_handed = True
-            return self._view[self._filled :]
-        self._direct_handed = False
-        return memoryview(self._scratch)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        if self._direct_handed:
-            self._filled += nbytes
-        else:
-            self._buf += memoryview(self._scratch)[:nbytes]
-
-    def next_frame(self) -> Frame | None:
-        """The next complete frame, None if more bytes are needed; raises ProtocolError."""
-        if self._error is not None:
-            raise self._error
-        try:
-            return self._next()
-        except ProtocolError as e:
-            self._error = e
-            self._drop_direct()
-            self._buf = bytearray()
-            raise
-
-    def _complete_direct(self) -> None:
-        assert self._view is not None and self._bio is not None
-        head = self._head
-        self._view.release()
-        self._view = None
-        payload = self._bio.getvalue()  # the buffer itself when no other view is alive
-        self._bio = None
-        self._filled = 0
-        try:
-            self._ready = self._finish(head, payload)
-        except ProtocolError as e:
-            self._error = e
-
-    def _next(self) -> Frame | None:
-        if self.payload_complete:
-            self._complete_direct()
-            if self._error is not None:
-                raise self._error
-        if self._ready is not None:
-            frame, self._ready = self._ready, None
-            return frame
-        if self._view is not None:
-            return None
-        buf = self._buf
-        if len(buf) < HEADER_SIZE:
-            return None
-        length = self._check_header(buf)
-        total = HEADER_SIZE + length
-        if len(buf) >= total:
-            head = bytes(buf[:HEADER_SIZE])
-            payload = bytes(buf[HEADER_SIZE:total])
-            del buf[:total]
-            return self._finish(head, payload)
-        if length >= self.DIRECT_THRESHOLD:
-            self._head = bytes(buf[:HEADER_SIZE])
-            bio = io.BytesIO()
-            bio.seek(length - 1)
-            bio.write(b"\0")
-            self._bio = bio
-            self._view = bio.getbuffer()
-            have = len(buf) - HEADER_SIZE
-            self._view[:have] = buf[HEADER_SIZE:]
-            self._filled = have
-            buf.clear()
-        return None
-
-    def _check_header(self, buf: Buffer) -> int:
-        magic, version, ftype, _op, _fl, _st, _rsv, _rid, length = _HEAD.unpack_from(buf)
-        if magic != MAGIC:
-            raise ProtocolError(f"bad magic {bytes(magic)!r}")
-        if self.version is not None and version != self.version:
-            raise ProtocolError(f"frame version {version}, connection speaks {self.version}",
-                                Status.UNSUPPORTED_VERSION)
-        if ftype not in _FRAME_TYPES:
-            raise ProtocolError(f"unknown frame type {ftype}")
-        if length > self.max_payload:
-            raise ProtocolError(f"payload of {length} bytes exceeds {self.max_payload}")
-        return int(length)
-
-    def _finish(self, head: bytes, payload: bytes) -> Frame:
-        (want,) = _CRC.unpack_from(head, _HEAD.size)
-        got = crc32c(payload, crc32c(memoryview(head)[: _HEAD.size]))
-        if got != want:
-            raise ProtocolError(f"CRC32C mismatch (frame {want:#010x}, computed {got:#010x})")
-        _m, version, ftype, opcode, flags, status, _r, rid, _len = _HEAD.unpack_from(head)
-        return Frame(FrameType(ftype), opcode, flags, status, rid, payload, version)
-
-    def _drop_direct(self) -> None:
-        if self._view is not None:
-            self._view.release()
-        self._view = None
-        self._bio = None
-        self._filled = 0
 
 
 # --- exceptions <-> statuses ----------------------------------------------------------------

@@ -18,9 +18,10 @@ from storaged.backstore.base import BackstoreFull, Extent
 from storaged.origin import ORIGIN
 from storaged.remote.api import LinkDown, LinkTimeout, RemoteError, VolumeInfo
 from storaged.remote.auth import ClientHandshake, ServerHandshake
+from storaged.remote.integrity import FrameMac
 from storaged.remote.link import LinkServer, PeerLink
-from storaged.remote.protocol import FrameReader, FrameType, Opcode, Status, encode_data_header, encode_frame
-
+from storaged.remote.protocol import FrameType, Opcode, Status, encode_data_header, encode_frame
+from storaged.remote.reader import FrameReader
 from tests.unit.remote.helpers import TARGET, FakeHandler, join
 
 SECRET = "s3cret-shared-by-a-and-b"
@@ -255,12 +256,18 @@ async def test_unknown_array_refused(caplog: pytest.LogCaptureFixture) -> None:
         await server.close()
 
 
-async def test_wrong_protocol_version_refused() -> None:
-    p = await make_pair(versions=(2, 3), backoff_initial=0.05)
+@pytest.mark.parametrize("client, server", [((3, 4), (2, 2)),
+                                            ((1, 1), (2, 2)),   # a v1 client (no frame tags) meets v2
+                                            ((2, 2), (1, 1))])  # a v2 client meets a v1 server
+async def test_wrong_protocol_version_refused(client: tuple[int, int], server: tuple[int, int]) -> None:
+    """Both ends name their ranges in the refusal, and the client reports it (no hang)."""
+    p = await make_pair(versions=client, backoff_initial=0.05, server_kw={"versions": server})
     p.link.start()
     try:
         await wait_for(lambda: "UNSUPPORTED_VERSION" in (p.link.status()["last_error"] or ""))
         assert not p.link.connected
+        err = p.link.status()["last_error"]
+        assert f"{client[0]}..{client[1]}" in err and f"{server[0]}..{server[1]}" in err
     finally:
         await p.link.close()
         await p.server.close()
@@ -282,28 +289,48 @@ async def test_backpressure_bounds_server_inflight() -> None:
         await p.server.close()
 
 
-async def _raw_authenticated(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+@dataclass
+class RawPeer:
+    """A client on a bare socket, through the handshake: ``tx`` seals what it sends, ``reader``
+    checks what it receives."""
+
+    r: asyncio.StreamReader
+    w: asyncio.StreamWriter
+    tx: FrameMac
+    reader: FrameReader
+
+    def send(self, frame: list[Any]) -> None:
+        self.w.write(join(self.tx.seal(frame)))
+
+    async def frames_until_eof(self) -> list[Any]:
+        self.reader.feed(await asyncio.wait_for(self.r.read(), 5))
+        frames = []
+        while (f := self.reader.next_frame()) is not None:
+            frames.append(f)
+        return frames
+
+
+async def _raw_authenticated(port: int) -> RawPeer:
     r, w = await asyncio.open_connection("127.0.0.1", port)
     hs = ClientHandshake("A", "uuid-a", "B", SECRET)
     w.write(join(hs.hello()))
-    fr = FrameReader()
+    fr = FrameReader.handshake()
     while not hs.done:
         fr.feed(await r.read(65536))
-        while (f := fr.next_frame()) is not None:
+        while not hs.done and (f := fr.next_frame()) is not None:
             w.write(join(hs.receive(f)))
-    return r, w
+    tx, rx = hs.session_keys()
+    assert hs.version is not None
+    fr.authenticated(hs.version, FrameMac(rx))
+    return RawPeer(r, w, FrameMac(tx), fr)
 
 
 async def test_garbage_from_authenticated_peer_closes_only_that_connection(pair: Pair) -> None:
-    r, w = await _raw_authenticated(pair.port)
-    w.write(join(encode_frame(FrameType.PING, request_id=5, version=1)))
+    p = await _raw_authenticated(pair.port)
+    w = p.w
+    p.send(encode_frame(FrameType.PING, request_id=5))
     w.write(b"\x00" * 64)
-    out = await asyncio.wait_for(r.read(), 5)  # until EOF: the server closed
-    frames = []
-    fr = FrameReader()
-    fr.feed(out)
-    while (f := fr.next_frame()) is not None:
-        frames.append(f)
+    frames = await p.frames_until_eof()  # until EOF: the server closed
     assert [f.type for f in frames] == [FrameType.PONG, FrameType.ERROR]
     assert frames[1].status == Status.BAD_REQUEST
     w.close()
@@ -312,14 +339,13 @@ async def test_garbage_from_authenticated_peer_closes_only_that_connection(pair:
 
 
 async def test_data_request_over_raw_socket_with_bad_payload(pair: Pair) -> None:
-    r, w = await _raw_authenticated(pair.port)
+    p = await _raw_authenticated(pair.port)
     bad = encode_data_header(TARGET, 0, "", 0, 100) + b"short"
-    w.write(join(encode_frame(FrameType.REQUEST, opcode=Opcode.WRITE, request_id=1, payload=bad)))
-    fr = FrameReader()
-    fr.feed(await asyncio.wait_for(r.read(65536), 5))
-    f = fr.next_frame()
+    p.send(encode_frame(FrameType.REQUEST, opcode=Opcode.WRITE, request_id=1, payload=bad))
+    p.reader.feed(await asyncio.wait_for(p.r.read(65536), 5))
+    f = p.reader.next_frame()
     assert f is not None and f.type == FrameType.RESPONSE and f.status == Status.BAD_REQUEST
-    w.close()
+    p.w.close()
 
 
 async def test_server_handshake_timeout() -> None:

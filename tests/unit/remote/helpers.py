@@ -9,7 +9,8 @@ from storaged.backstore.base import BackstoreError, BackstoreFull, BackstoreUnav
 from storaged.backstore.memory import MemoryBackstore
 from storaged.origin import current_origin
 from storaged.remote.api import RemoteError, VolumeInfo
-from storaged.remote.protocol import Frame, FrameReader, Status
+from storaged.remote.protocol import Frame, Status
+from storaged.remote.reader import FrameReader
 
 TARGET = "iqn.2026-11.io.storaged:b"
 

@@ -14,11 +14,21 @@ from storaged.remote.auth import (
     pick_version,
     proof,
 )
-from storaged.remote.protocol import Frame, FrameReader, FrameType, Status, encode_frame, encode_json
+from storaged.remote.protocol import (
+    MAX_VERSION,
+    MIN_VERSION,
+    Frame,
+    FrameType,
+    Status,
+    encode_frame,
+    encode_json,
+)
+from storaged.remote.reader import FrameReader
 
 from .helpers import frames_of, join
 
 SECRETS = {"A": "correct horse battery staple"}
+OFFER = (MIN_VERSION, MAX_VERSION)
 
 
 def one(bufs: list) -> Frame:
@@ -42,7 +52,9 @@ def test_handshake_succeeds_and_agrees() -> None:
     s = ServerHandshake("B", "uuid-b", SECRETS)
     run(c, s)
     assert c.done and s.done
-    assert c.version == s.version == 1
+    assert c.version == s.version == 2
+    assert c.session_keys() == s.session_keys()[::-1]  # one key per direction, both ends agree
+    assert c.session_keys()[0] != c.session_keys()[1]
     assert (s.peer_name, s.peer_uuid, c.peer_uuid) == ("A", "uuid-a", "uuid-b")
 
 
@@ -61,7 +73,7 @@ def test_impostor_server_detected_by_client() -> None:
     hello_ack = frames_of(join(s.receive(one(c.hello()))))[0]
     auth = one(c.receive(hello_ack))
     # a fake server that skips checking and answers with a proof made from its wrong secret
-    fake = proof("impostor does not know it", SERVER_LABEL, 1, c.nonce, s.nonce, "A", "B")
+    fake = proof("impostor does not know it", SERVER_LABEL, 2, c.nonce, s.nonce, "A", "B", offered=OFFER)
     with pytest.raises(HandshakeError) as e:
         c.receive(one(encode_frame(FrameType.AUTH_OK, payload=encode_json({"proof": fake.hex()}))))
     assert e.value.status == Status.AUTH_FAILED and not c.done
@@ -86,7 +98,7 @@ def test_version_negotiation() -> None:
     assert pick_version((1, 3), (2, 5)) == 3
     assert pick_version((1, 1), (2, 3)) is None
     s = ServerHandshake("B", "u", SECRETS)
-    c = ClientHandshake("A", "u", "B", SECRETS["A"], versions=(2, 3))
+    c = ClientHandshake("A", "u", "B", SECRETS["A"], versions=(3, 4))
     with pytest.raises(HandshakeError) as e:
         s.receive(one(c.hello()))
     assert e.value.status == Status.UNSUPPORTED_VERSION
@@ -96,6 +108,14 @@ def test_version_negotiation() -> None:
     with pytest.raises(HandshakeError) as e2:
         c.receive(one(encode_error(Status.UNSUPPORTED_VERSION, "no common version")))
     assert e2.value.status == Status.UNSUPPORTED_VERSION
+
+
+def test_version_1_peer_refused_with_both_ranges() -> None:
+    """v1 had no frame tags: its HELLO (min = max = 1) gets UNSUPPORTED_VERSION naming both ranges."""
+    old = ClientHandshake("A", "u", "B", SECRETS["A"], versions=(1, 1))
+    with pytest.raises(HandshakeError) as e:
+        ServerHandshake("B", "u", SECRETS).receive(one(old.hello()))
+    assert e.value.status == Status.UNSUPPORTED_VERSION and "2..2" in e.value.message and "1..1" in e.value.message
 
 
 def test_server_picks_highest_common_version() -> None:
@@ -123,13 +143,13 @@ def test_reflected_server_proof_is_refused() -> None:
     c = ClientHandshake("A", "u", "B", SECRETS["A"])
     s.receive(one(c.hello()))
     # a server-role proof over exactly these nonces and names (as a reflection attack would obtain)
-    reflected = proof(SECRETS["A"], SERVER_LABEL, 1, c.nonce, s.nonce, "A", "B")
+    reflected = proof(SECRETS["A"], SERVER_LABEL, 2, c.nonce, s.nonce, "A", "B", offered=OFFER)
     with pytest.raises(HandshakeError):
         s.receive(one(encode_frame(FrameType.AUTH, payload=encode_json({"proof": reflected.hex()}))))
     # a client-role proof with the nonces swapped (from the mirror-image connection) fails too
     s = ServerHandshake("B", "u", SECRETS)
     s.receive(one(c.hello()))
-    swapped = proof(SECRETS["A"], CLIENT_LABEL, 1, s.nonce, c.nonce, "A", "B")
+    swapped = proof(SECRETS["A"], CLIENT_LABEL, 2, s.nonce, c.nonce, "A", "B", offered=OFFER)
     with pytest.raises(HandshakeError):
         s.receive(one(encode_frame(FrameType.AUTH, payload=encode_json({"proof": swapped.hex()}))))
 
@@ -143,13 +163,14 @@ def test_echoed_nonce_refused() -> None:
 
 def test_proof_covers_every_field() -> None:
     base = ("k", CLIENT_LABEL, 1, b"n" * 32, b"m" * 32, "A", "B")
-    ref = proof(*base)
+    ref = proof(*base, offered=(1, 2))
     for i, alt in enumerate(["k2", SERVER_LABEL, 2, b"x" * 32, b"y" * 32, "A2", "B2"]):
         args = list(base)
         args[i] = alt
-        assert proof(*args) != ref
-    assert proof("k", CLIENT_LABEL, 1, b"n" * 32, b"m" * 32, "AB", "") != proof(
-        "k", CLIENT_LABEL, 1, b"n" * 32, b"m" * 32, "A", "B")  # length-prefixed: no ambiguity
+        assert proof(*args, offered=(1, 2)) != ref
+    assert proof(*base, offered=(2, 2)) != ref and proof(*base, offered=(1, 3)) != ref  # no downgrade
+    assert proof("k", CLIENT_LABEL, 1, b"n" * 32, b"m" * 32, "AB", "", offered=(1, 2)) != proof(
+        "k", CLIENT_LABEL, 1, b"n" * 32, b"m" * 32, "A", "B", offered=(1, 2))  # length-prefixed: no ambiguity
 
 
 @pytest.mark.parametrize("frame", [
@@ -166,9 +187,9 @@ def test_server_rejects_bad_openings(frame: Frame) -> None:
 
 
 def test_frames_after_hello_use_the_negotiated_version() -> None:
-    c = ClientHandshake("A", "u", "B", SECRETS["A"], versions=(1, 1))
-    s = ServerHandshake("B", "u", SECRETS)
+    c = ClientHandshake("A", "u", "B", SECRETS["A"], versions=(1, 2))
+    s = ServerHandshake("B", "u", SECRETS, versions=(1, 2))
     ack = s.receive(one(c.hello()))
-    r = FrameReader(version=1)
+    r = FrameReader(version=2)
     r.feed(join(ack))
     assert r.next_frame() is not None

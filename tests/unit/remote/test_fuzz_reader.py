@@ -6,7 +6,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from storaged.remote.protocol import Frame, FrameReader, FrameType, ProtocolError, encode_frame
+from storaged.remote.protocol import Frame, FrameType, ProtocolError, encode_frame
+from storaged.remote.reader import FrameReader
 
 from .helpers import join
 

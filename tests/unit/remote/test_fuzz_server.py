@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storaged.remote.auth import ClientHandshake
+from storaged.remote.integrity import FrameMac
 from storaged.remote.link import LinkServer, _ServerConnection
 from storaged.remote.protocol import (
     Frame,
-    FrameReader,
     FrameType,
     Opcode,
     Status,
@@ -22,13 +22,17 @@ from storaged.remote.protocol import (
     encode_frame,
     encode_json,
 )
+from storaged.remote.reader import FrameReader
 
 from .helpers import TARGET, FakeHandler, FakeTransport, feed_protocol, join
 
 BOUND = 3
 
 
-async def authenticated(handler: FakeHandler) -> tuple[_ServerConnection, FakeTransport, FrameReader, list[Any]]:
+async def authenticated(handler: FakeHandler) -> tuple[_ServerConnection, FakeTransport, FrameReader, list[Any],
+                                                       FrameMac]:
+    """A server connection through the handshake; the reader decodes (and checks) what it sends,
+    the FrameMac seals what we send it."""
     errors: list[Any] = []
     asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
     server = LinkServer("B", "uuid-b", {"A": "s3cret"}, handler, max_inflight_per_connection=BOUND)
@@ -36,7 +40,7 @@ async def authenticated(handler: FakeHandler) -> tuple[_ServerConnection, FakeTr
     t = FakeTransport(conn)
     conn.connection_made(t)  # type: ignore[arg-type]
     client = ClientHandshake("A", "uuid-a", "B", "s3cret")
-    reader = FrameReader()
+    reader = FrameReader.handshake()
     feed_protocol(conn, join(client.hello()))
     await asyncio.sleep(0)
     while not client.done:
@@ -49,7 +53,9 @@ async def authenticated(handler: FakeHandler) -> tuple[_ServerConnection, FakeTr
             feed_protocol(conn, join(out))
         await asyncio.sleep(0)
     assert conn.hs.done and conn.peer == "A"
-    return conn, t, reader, errors
+    tx, rx = client.session_keys()
+    reader.authenticated(conn.version, FrameMac(rx))
+    return conn, t, reader, errors, FrameMac(tx)
 
 
 def data_req(op: int, target: str, lun: int, offset: int, length: int, extra: bytes) -> bytes:
@@ -65,8 +71,8 @@ payloads = st.one_of(
                                                         st.one_of(st.integers(), st.text(max_size=5), st.none(),
                                                                   st.just({}), st.just("echo")))),
 )
-good_frames = st.builds(
-    lambda t, op, fl, rid, p: join(encode_frame(t, opcode=op, flags=fl, request_id=rid, payload=p)),
+good_frames = st.builds(  # sealed when sent: a list of buffers, not bytes
+    lambda t, op, fl, rid, p: encode_frame(t, opcode=op, flags=fl, request_id=rid, payload=p),
     st.sampled_from([FrameType.REQUEST] * 4 + list(FrameType)), st.integers(0, 12), st.integers(0, 3),
     st.integers(0, 2**64 - 1), payloads,
 )
@@ -75,19 +81,17 @@ chunks = st.lists(st.one_of(good_frames, st.binary(min_size=1, max_size=80)), mi
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(chunks)
-def test_garbage_after_auth(seq: list[bytes]) -> None:
+def test_garbage_after_auth(seq: list[bytes | list[bytes]]) -> None:
     async def scenario() -> None:
         handler = FakeHandler()
         for v in handler.volumes.values():
             v.delay = 0.001
-        conn, t, reader, errors = await authenticated(handler)
-        sent_requests = 0
-        for blob in seq:
+        conn, t, reader, errors, tx = await authenticated(handler)
+        for item in seq:
             if t.closed:
                 break
             if t.reading:
-                feed_protocol(conn, blob)
-            sent_requests += blob.count(b"SDRL")
+                feed_protocol(conn, item if isinstance(item, bytes) else join(tx.seal(item)))
             for _ in range(3):
                 await asyncio.sleep(0.002)
         for _ in range(20):
@@ -114,8 +118,8 @@ def test_garbage_after_auth(seq: list[bytes]) -> None:
 
 def test_bad_frame_gets_error_and_close() -> None:
     async def scenario() -> None:
-        conn, t, reader, errors = await authenticated(FakeHandler())
-        feed_protocol(conn, b"SDRL\x01" + bytes(39))  # frame type 0
+        conn, t, reader, errors, _tx = await authenticated(FakeHandler())
+        feed_protocol(conn, b"SDRL\x02" + bytes(39))  # frame type 0
         await asyncio.sleep(0.01)
         reader.feed(bytes(t.out))
         f = reader.next_frame()
@@ -129,9 +133,9 @@ def test_inflight_bound_pauses_reading() -> None:
     async def scenario() -> None:
         handler = FakeHandler()
         handler.volumes[(TARGET, 0)].delay = 0.05
-        conn, t, reader, errors = await authenticated(handler)
-        reqs = b"".join(join(encode_frame(FrameType.REQUEST, opcode=Opcode.READ, request_id=i,
-                                          payload=data_req(Opcode.READ, TARGET, 0, 0, 512, b"")))
+        conn, t, reader, errors, tx = await authenticated(handler)
+        reqs = b"".join(join(tx.seal(encode_frame(FrameType.REQUEST, opcode=Opcode.READ, request_id=i,
+                                          payload=data_req(Opcode.READ, TARGET, 0, 0, 512, b""))))
                         for i in range(10))
         feed_protocol(conn, reqs)  # all ten arrive in one read
         await asyncio.sleep(0)

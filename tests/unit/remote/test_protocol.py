@@ -15,7 +15,6 @@ from storaged.remote.protocol import (
     MAX_IO,
     MAX_PAYLOAD,
     Frame,
-    FrameReader,
     FrameType,
     Opcode,
     ProtocolError,
@@ -33,6 +32,7 @@ from storaged.remote.protocol import (
     encode_json,
     status_for_exception,
 )
+from storaged.remote.reader import FrameReader
 
 from .helpers import frames_of, join
 
@@ -46,7 +46,7 @@ def test_crc32c_is_castagnoli() -> None:
 
 def test_header_layout_vector() -> None:
     wire = join(encode_frame(FrameType.REQUEST, opcode=Opcode.READ, flags=FLAG_FUA,
-                             request_id=0x0102030405060708, payload=b"hello"))
+                             request_id=0x0102030405060708, payload=b"hello", version=1))
     assert wire == VECTOR
     assert HEADER_SIZE == 28
     magic, ver, ftype, op, flags, status, rsv, rid, length, crc = struct.unpack(">4sBBBBHHQII", wire[:28])
