@@ -7,6 +7,7 @@ target names) are checked once here so the daemon can trust what it gets.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,8 @@ class LunConfig:
     serial: str | None = None
     command_device: CommandDeviceConfig | None = None
     map: MapConfig | None = None
+    #: the file may lie outside the data directory (an absolute path or one with ..)
+    allow_outside_data_dir: bool = False
 
     @property
     def kind(self) -> str:
@@ -121,6 +124,11 @@ class IscsiConfig:
     max_burst_length: int = 16776192
     first_burst_length: int = 262144
     max_outstanding_r2t: int = 16
+    #: write data one session may have asked for (R2T) or accepted at once; beyond it writes wait
+    session_write_budget: int = 32 << 20
+    #: the same for all sessions together, and the task slots they share
+    array_write_budget: int = 128 << 20
+    array_tasks: int = 1024
     digests: tuple[str, ...] = ("CRC32C", "None")
     chap_algorithms: tuple[str, ...] = ("SHA3-256", "SHA-256", "SHA-1", "MD5")
     discovery_chap: ChapCredentials | None = None
@@ -293,8 +301,13 @@ def _lun(r: _Reader, index: int) -> LunConfig:
     if cmddev is not None and size < 2 * cmddev.slot_size:
         raise r.error("size", f"a command device needs room for the directory and a slot ({2 * cmddev.slot_size})")
     file = r.get("file", str, f"lun{lun}.img")
-    if "/" in file.strip("./") and ".." in Path(file).parts:
-        raise r.error("file", "must not leave the data directory")
+    outside = r.get("allow_outside_data_dir", bool, False)
+    if not file.strip():
+        raise r.error("file", "must name a file")
+    given, file = file, os.path.normpath(file)
+    if not outside and (os.path.isabs(file) or file == ".." or file.startswith("../")):
+        raise r.error("file", f"{given} is outside the data directory (set allow_outside_data_dir: true on "
+                              "this LUN if that is intended)")
     cfg = LunConfig(
         lun=lun,
         file=file,
@@ -305,6 +318,7 @@ def _lun(r: _Reader, index: int) -> LunConfig:
         product=r.get("product", str, "storaged CMDDEV" if cmddev else "storaged LUN")[:16],
         serial=r.get("serial", str),
         command_device=cmddev,
+        allow_outside_data_dir=outside,
     )
     r.finish()
     return cfg
@@ -388,6 +402,9 @@ def _iscsi(r: _Reader) -> IscsiConfig:
             raise r.error(key, f"must be {lo}..{hi}")
         return v
 
+    def budget(key: str, default: int) -> int:
+        return parse_size(r.get(key, (int, str), default), r.source, r._p(key))
+
     digests = tuple(r.get("digests", list, list(d.digests)))
     for i, dg in enumerate(digests):
         if dg not in ("CRC32C", "None"):
@@ -411,10 +428,15 @@ def _iscsi(r: _Reader) -> IscsiConfig:
         max_burst_length=num("max_burst_length", d.max_burst_length, 512, (1 << 24) - 1),
         first_burst_length=num("first_burst_length", d.first_burst_length, 512, (1 << 24) - 1),
         max_outstanding_r2t=num("max_outstanding_r2t", d.max_outstanding_r2t, 1, 65535),
+        session_write_budget=budget("session_write_budget", d.session_write_budget),
+        array_write_budget=budget("array_write_budget", d.array_write_budget),
+        array_tasks=num("array_tasks", d.array_tasks, 1, 1 << 20),
         digests=digests,
         chap_algorithms=algos,
         discovery_chap=_chap(r, "discovery_chap"),
     )
+    if cfg.array_write_budget < cfg.session_write_budget:
+        raise r.error("array_write_budget", "must be at least session_write_budget")
     r.finish()
     return cfg
 

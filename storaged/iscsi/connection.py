@@ -11,9 +11,12 @@ logging in again (session reinstatement).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from ..scsi.types import Nexus, ScsiCommand, ScsiResult, Status, TaskAttr
+from ..scsi.types import Nexus, ScsiResult, Status
+from .budget import Budget, take_both
 from .login import LoginMachine, LoginResult
 from .params import SessionParams
 from .pdu import (
@@ -31,12 +34,41 @@ from .pdu import (
     parse_text,
 )
 from .portal import Portal
+from .tasks import (
+    TMF,
+    CloseConnection,
+    Event,
+    ExecuteCommand,
+    LoggedIn,
+    R2TState,
+    ResetRequested,
+    Task,
+    TMFResponse,
+)
+
+__all__ = [
+    "TMF",
+    "CloseConnection",
+    "Event",
+    "ExecuteCommand",
+    "LoggedIn",
+    "ProtocolViolation",
+    "ResetRequested",
+    "TMFResponse",
+    "TargetConnection",
+    "Task",
+    "sn_le",
+    "sn_lt",
+]
 
 log = logging.getLogger(__name__)
 
 _MASK = 0xFFFFFFFF
 #: Largest Expected Data Transfer Length we buffer for one write; beyond it the command fails.
 MAX_WRITE_BUFFER = 64 << 20
+#: Write data one session may have granted (asked for or accepted) at once, unless configured.
+SESSION_WRITE_BUDGET = 32 << 20
+_WILDCARDS = ("0.0.0.0", "::", "")
 
 
 def sn_lt(a: int, b: int) -> bool:
@@ -46,109 +78,6 @@ def sn_lt(a: int, b: int) -> bool:
 
 def sn_le(a: int, b: int) -> bool:
     return a == b or sn_lt(a, b)
-
-
-class TMF:
-    ABORT_TASK = 1
-    ABORT_TASK_SET = 2
-    CLEAR_ACA = 3
-    CLEAR_TASK_SET = 4
-    LOGICAL_UNIT_RESET = 5
-    TARGET_WARM_RESET = 6
-    TARGET_COLD_RESET = 7
-    TASK_REASSIGN = 8
-
-
-class TMFResponse:
-    COMPLETE = 0
-    NO_TASK = 1
-    NO_LUN = 2
-    REASSIGN_UNSUPPORTED = 4
-    NOT_SUPPORTED = 5
-    REJECTED = 255
-
-
-# --- events ------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class LoggedIn:
-    """Login finished: the owner registers the session (and reinstates an older one with its ISID)."""
-
-    result: LoginResult
-    nexus: Nexus | None
-
-
-@dataclass(slots=True)
-class ExecuteCommand:
-    """A SCSI command is complete (all its data received, its turn in CmdSN order): run it and
-    call :meth:`TargetConnection.command_done`."""
-
-    task: Task
-
-
-@dataclass(slots=True)
-class ResetRequested:
-    """LOGICAL UNIT RESET or a target reset: the owner resets LUs and aborts other sessions' tasks."""
-
-    function: int
-    lun: int
-    nexus: Nexus
-
-
-@dataclass(slots=True)
-class CloseConnection:
-    """Send what is queued, then close the socket."""
-
-    reason: str
-    #: True when the initiator logged out cleanly (not an error)
-    clean: bool = False
-
-
-Event = LoggedIn | ExecuteCommand | ResetRequested | CloseConnection
-
-
-# --- tasks -------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class R2TState:
-    offset: int
-    length: int
-    received: int = 0
-    next_datasn: int = 0
-
-
-@dataclass(slots=True, eq=False)
-class Task:
-    itt: int
-    lun: int
-    cdb: bytes
-    cmdsn: int
-    immediate: bool
-    read: bool
-    write: bool
-    edtl: int
-    attr: int
-    buf: bytearray | None = None
-    received: int = 0
-    unsol_limit: int = 0
-    unsol_open: bool = False
-    unsol_datasn: int = 0
-    r2ts: dict[int, R2TState] = field(default_factory=dict)
-    next_r2t_offset: int = 0
-    r2tsn: int = 0
-    executing: bool = False
-    aborted: bool = False
-    #: set by the owner to the running asyncio task, so a reset can wait for it
-    handle: object | None = None
-
-    def command(self, nexus: Nexus) -> ScsiCommand:
-        data = None
-        if self.write:
-            data = self.buf if self.buf is not None else b""
-        return ScsiCommand(self.cdb, self.lun, nexus, data, self.edtl if self.read else 0,
-                           TaskAttr(self.attr) if self.attr <= 4 else TaskAttr.SIMPLE, self.itt)
 
 
 @dataclass(slots=True)
@@ -173,6 +102,8 @@ class TargetConnection:
         queue_depth: int = 128,
         nop_interval: float = 30.0,
         nop_timeout: float = 15.0,
+        session_write_budget: int = SESSION_WRITE_BUDGET,
+        array_budget: Budget | None = None,
     ) -> None:
         self.portal = portal
         self.reader = PDUReader(max_data_segment=8192 * 8)
@@ -199,6 +130,18 @@ class TargetConnection:
         self._ping_ttt: int | None = None
         self._ping_sent = 0.0
         self.closed = False
+        #: write data granted to this session's tasks; its task slots are the CmdSN window
+        self.budget = Budget(session_write_budget, queue_depth)
+        #: shared by every session of the array (a private, unlimited one when not given)
+        self.array_budget = array_budget if array_budget is not None else Budget(1 << 62, 1 << 30)
+        #: writes waiting, in arrival order, for room in the budgets before their first R2T
+        self._waiting: deque[Task] = deque()
+        self._ooo_bytes = 0
+        self._out_of_window = 0
+        #: set by the owner: called when another session gave array budget back (then call resume)
+        self.wake: Callable[[], None] | None = None
+        #: (host, port) the connection arrived on, announced by SendTargets on a wildcard portal
+        self.local_address: tuple[str, int] | None = None
 
     # --- public API ------------------------------------------------------------------------
 
@@ -240,17 +183,28 @@ class TargetConnection:
     def command_done(self, task: Task, result: ScsiResult) -> list[Event]:
         """Send the outcome of a command the owner ran after :class:`ExecuteCommand`."""
         task.executing = False
-        self.tasks.pop(task.itt, None)
+        self._drop_task(task)
         if not task.aborted and not self.closed:
             self._send_result(task, result)
         self._task_finished(task)
+        self._pump_grants()
         return self._take_events()
 
     def abort_tasks(self, lun: int | None) -> None:
-        """Abort every task on ``lun`` (all LUNs if None): another session reset the LU or target."""
+        """Abort every task on ``lun`` (all LUNs if None): another session reset the LU or target,
+        or this connection is gone."""
         for task in list(self.tasks.values()):
             if lun is None or task.lun == lun:
                 self._abort(task)
+        if lun is None:
+            self.array_budget.forget(id(self))
+        self._pump_grants()
+
+    def resume(self) -> list[Event]:
+        """Retry writes waiting for budget (after :attr:`wake` was called)."""
+        if not self.closed:
+            self._pump_grants()
+        return self._take_events()
 
     def tick(self, now: float) -> list[Event]:
         """Drive timers: NOP-In pings on an idle link, and dropping a link that stopped answering."""
@@ -293,10 +247,15 @@ class TargetConnection:
         return sn
 
     def _update_window(self) -> None:
-        active = len(self.tasks)
-        proposed = (self.exp_cmdsn + max(self.queue_depth - active, 1) - 1) & _MASK
+        """Open the CmdSN window by the free task slots; MaxCmdSN = ExpCmdSN - 1 closes it
+        (RFC 7143 s.4.2.2.1). MaxCmdSN never moves back, so a full queue keeps the window shut
+        until tasks finish."""
+        proposed = (self.exp_cmdsn - 1 + self._free_slots()) & _MASK
         if sn_lt(self.max_cmdsn, proposed):
             self.max_cmdsn = proposed
+
+    def _free_slots(self) -> int:
+        return max(min(self.queue_depth - len(self.tasks), self.array_budget.tasks_free), 0)
 
     def _new_ttt(self) -> int:
         ttt = self._next_ttt
@@ -341,25 +300,34 @@ class TargetConnection:
             _ORDERED_HANDLERS[op](self, pdu)
             return
         sn = pdu.cmdsn
-        if sn == self.exp_cmdsn:
+        if sn == self.exp_cmdsn and sn_le(sn, self.max_cmdsn):
             self.exp_cmdsn = (sn + 1) & _MASK
             _ORDERED_HANDLERS[op](self, pdu)
             while self._ooo and self.exp_cmdsn in self._ooo:
                 nxt = self._ooo.pop(self.exp_cmdsn)
+                self._ooo_bytes -= len(nxt.data)
                 self.exp_cmdsn = (self.exp_cmdsn + 1) & _MASK
                 _ORDERED_HANDLERS[nxt.opcode](self, nxt)
         elif sn_lt(self.exp_cmdsn, sn) and sn_le(sn, self.max_cmdsn):
             if sn not in self._ooo:
+                self._ooo_bytes += len(pdu.data)
+                if self._ooo_bytes > self.budget.max_bytes:
+                    raise ProtocolViolation("out-of-order commands hold more data than the session may buffer")
                 self._ooo[sn] = pdu
         else:
-            # RFC 7143 s.4.2.2.1: outside the window, silently ignored.
-            log.info("%s: CmdSN %d outside window [%d, %d], ignored", self._who(), sn, self.exp_cmdsn,
-                     self.max_cmdsn)
+            # RFC 7143 s.4.2.2.1: outside the window, silently ignored (logged 1st, 2nd, 4th... time,
+            # so an initiator ignoring the window cannot flood the log).
+            self._out_of_window += 1
+            if self._out_of_window & (self._out_of_window - 1) == 0:
+                log.warning("%s: CmdSN %d outside window [%d, %d], ignored (%d so far)", self._who(), sn,
+                            self.exp_cmdsn, self.max_cmdsn, self._out_of_window)
 
     def _login_pdu(self, pdu: PDU) -> None:
         assert self.login is not None
         resp = self.login.handle(pdu)
         self.statsn = self.login.statsn or 0
+        # the window the session starts with is the one it will have: queue_depth task slots
+        resp.w32 = (self.login.exp_cmdsn - 1 + max(self._free_slots(), 1)) & _MASK
         self._send(resp)
         if self.login.failed:
             self._close("login failed")
@@ -414,30 +382,89 @@ class TargetConnection:
         if immediate and not task.write:
             self._reject(pdu, RejectReason.PROTOCOL_ERROR)
             return
+        if task.write:
+            if immediate and not p.immediate_data:
+                raise ProtocolViolation("immediate data sent although ImmediateData=No")
+            if len(immediate) > edtl or len(immediate) > p.first_burst_length:
+                raise ProtocolViolation(f"{len(immediate)} bytes of immediate data for EDTL {edtl}")
+            if not (flags & 0x80) and p.initial_r2t:
+                raise ProtocolViolation("F=0 on a command although InitialR2T=Yes")
+        full = self._no_room_for_task()
+        if full is not None:
+            self._send_result(task, ScsiResult(full))
+            return
         if not task.write:
+            self._add_task(task)
             self._execute(task)
             return
-        if immediate and not p.immediate_data:
-            raise ProtocolViolation("immediate data sent although ImmediateData=No")
-        if len(immediate) > edtl or len(immediate) > p.first_burst_length:
-            raise ProtocolViolation(f"{len(immediate)} bytes of immediate data for EDTL {edtl}")
-        unsol_limit = 0 if p.initial_r2t else min(p.first_burst_length, edtl)
-        task.unsol_limit = max(unsol_limit, len(immediate))
-        if not (flags & 0x80):
-            if p.initial_r2t:
-                raise ProtocolViolation("F=0 on a command although InitialR2T=Yes")
-            task.unsol_open = True
         if edtl > MAX_WRITE_BUFFER:
             # Refuse before buffering; any unsolicited data that follows is dropped (unknown ITT).
             self._send_result(task, _too_large())
             return
-        task.buf = bytearray(edtl)
+        unsol_limit = 0 if p.initial_r2t else min(p.first_burst_length, edtl)
+        task.unsol_limit = max(unsol_limit, len(immediate))
+        task.unsol_open = not (flags & 0x80)
+        if not self._waiting and take_both(self.budget, self.array_budget, edtl):
+            task.granted = edtl
+        elif immediate or task.unsol_open:
+            # Data is coming that we have no room for: refuse the command (SAM-5 s.5.3), drop its data.
+            self._send_result(task, ScsiResult(Status.TASK_SET_FULL if self.tasks else Status.BUSY))
+            return
+        else:
+            self._waiting.append(task)  # nothing arrives before its first R2T: it holds no memory
+            self._wait_for_array(edtl)
+        self._add_task(task)
         if immediate:
-            task.buf[: len(immediate)] = immediate
+            task.parts.append((0, immediate))
             task.received = len(immediate)
-        self.tasks[task.itt] = task
-        self._update_window()
         self._progress_write(task)
+
+    def _no_room_for_task(self) -> Status | None:
+        """TASK SET FULL when this nexus already has commands, else BUSY (SAM-5 s.5.3), if no task
+        slot is free: the session's queue (reachable only with immediate commands, the CmdSN window
+        keeps the rest out) or the array's."""
+        if len(self.tasks) < self.queue_depth and self.array_budget.tasks_free > 0:
+            return None
+        return Status.TASK_SET_FULL if self.tasks else Status.BUSY
+
+    def _add_task(self, task: Task) -> None:
+        self.tasks[task.itt] = task
+        task.counted = True
+        self.array_budget.take_task()
+
+    def _drop_task(self, task: Task) -> None:
+        """Forget a task and give back its slot and write grant."""
+        if self.tasks.get(task.itt) is task:
+            del self.tasks[task.itt]
+        if task.counted:
+            task.counted = False
+            self.array_budget.give_task()
+        if task.granted:
+            granted, task.granted = task.granted, 0
+            self.budget.give(granted)
+            self.array_budget.give(granted)
+        elif task in self._waiting:
+            self._waiting.remove(task)
+        task.parts = []
+
+    def _pump_grants(self) -> None:
+        """Grant waiting writes their buffer, oldest first, and send their R2Ts."""
+        while self._waiting and not self.closed:
+            task = self._waiting[0]
+            if not take_both(self.budget, self.array_budget, task.edtl):
+                self._wait_for_array(task.edtl)
+                return
+            self._waiting.popleft()
+            task.granted = task.edtl
+            self._progress_write(task)
+
+    def _wait_for_array(self, n: int) -> None:
+        if not self.array_budget.fits(n):
+            self.array_budget.wait(id(self), self._array_room)
+
+    def _array_room(self) -> None:
+        if self.wake is not None and not self.closed:
+            self.wake()
 
     @staticmethod
     def _extended_cdb(cdb: bytes, ahs: bytes) -> bytes:
@@ -451,13 +478,14 @@ class TargetConnection:
         return cdb
 
     def _progress_write(self, task: Task) -> None:
+        if task.granted < task.edtl:
+            return  # waiting for room in the budgets
         if task.received >= task.edtl:
             self._execute(task)
             return
         if task.unsol_open:
             return  # wait for the rest of the unsolicited burst
-        if task.next_r2t_offset < task.received:
-            task.next_r2t_offset = task.received
+        task.next_r2t_offset = max(task.next_r2t_offset, task.received)
         p = self.params
         while len(task.r2ts) < p.max_outstanding_r2t and task.next_r2t_offset < task.edtl:
             length = min(p.max_burst_length, task.edtl - task.next_r2t_offset)
@@ -472,7 +500,7 @@ class TargetConnection:
 
     def _data_out(self, pdu: PDU) -> None:
         task = self.tasks.get(pdu.itt)
-        if task is None or task.buf is None:
+        if task is None or not task.write:
             # Data for a task we already finished or refused (e.g. too large): drop it.
             log.debug("%s: Data-Out for unknown ITT %#x dropped", self._who(), pdu.itt)
             return
@@ -519,7 +547,7 @@ class TargetConnection:
                     self._fail_task(task, 0x4B, 0x00, "R2T sequence ended early")
                     return
                 del task.r2ts[pdu.ttt]
-        task.buf[offset : offset + len(data)] = data
+        task.parts.append((offset, data))
         task.received += len(data)
         if final or task.received >= task.edtl:
             self._progress_write(task)
@@ -529,14 +557,14 @@ class TargetConnection:
         iSCSI-specific ASC (RFC 7143 s.11.4.7.2). The connection stays up; later Data-Out PDUs
         for the task are dropped as belonging to no task."""
         log.warning("%s: ITT %#x failed: %s", self._who(), task.itt, why)
-        self.tasks.pop(task.itt, None)
+        self._drop_task(task)
         sense = bytes([0x70, 0, 0x0B, 0, 0, 0, 0, 10, 0, 0, 0, 0, asc, ascq, 0, 0, 0, 0])
         self._send_result(task, ScsiResult(Status.CHECK_CONDITION, None, sense))
         self._task_finished(task)
+        self._pump_grants()
 
     def _execute(self, task: Task) -> None:
         task.executing = True
-        self.tasks[task.itt] = task
         self._update_window()
         self._events.append(ExecuteCommand(task))
 
@@ -670,8 +698,17 @@ class TargetConnection:
         for t in targets:
             out.append(("TargetName", t.name))
             for addr in self.portal.addresses:
-                out.append(("TargetAddress", f"{addr},{t.portal_group_tag}"))
+                out.append(("TargetAddress", f"{self._reachable(addr)},{t.portal_group_tag}"))
         return out
+
+    def _reachable(self, addr: str) -> str:
+        """A wildcard portal (0.0.0.0, [::]) is announced as the address this connection arrived
+        on, which the initiator can reach; configured addresses are announced as they are."""
+        host, _, port = addr.rpartition(":")
+        if host.strip("[]") not in _WILDCARDS or self.local_address is None:
+            return addr
+        local = self.local_address[0]
+        return f"[{local}]:{port}" if ":" in local else f"{local}:{port}"
 
     def _logout(self, pdu: PDU) -> None:
         reason = pdu.flags & 0x7F
@@ -733,13 +770,14 @@ class TargetConnection:
             self._pending_tmfs.append(_PendingTMF(pdu, waiting))
         else:
             self._send_tmf_response(pdu, TMFResponse.COMPLETE)
+        self._pump_grants()
 
     def _abort(self, task: Task) -> bool:
         """Abort a task; True if it is running and the abort completes only when it returns."""
         task.aborted = True
         if task.executing:
             return True
-        self.tasks.pop(task.itt, None)
+        self._drop_task(task)
         return False
 
     def _task_finished(self, task: Task) -> None:

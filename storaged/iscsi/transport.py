@@ -15,19 +15,25 @@ from typing import Protocol
 from ..netio import BatchedWriter, tune_socket
 from ..origin import ORIGIN
 from ..scsi.types import Nexus, ScsiCommand, ScsiResult, Status
+from .budget import Budget
 from .connection import (
+    SESSION_WRITE_BUDGET,
     TMF,
     CloseConnection,
     Event,
     ExecuteCommand,
     LoggedIn,
     ResetRequested,
-    Task,
     TargetConnection,
+    Task,
 )
 from .portal import Portal
 
 log = logging.getLogger(__name__)
+
+#: Write data all sessions together may have granted at once, and their task slots.
+ARRAY_WRITE_BUDGET = 128 << 20
+ARRAY_TASKS = 1024
 
 #: Internal target failure (44h/00h), HARDWARE ERROR: an exception escaped a command handler.
 _INTERNAL_FAILURE = bytes([0x70, 0, 0x04, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x44, 0x00, 0, 0, 0, 0])
@@ -52,8 +58,14 @@ class IscsiServer:
         nop_interval: float = 30.0,
         nop_timeout: float = 15.0,
         login_timeout: float = 15.0,
+        session_write_budget: int = SESSION_WRITE_BUDGET,
+        array_write_budget: int = ARRAY_WRITE_BUDGET,
+        array_tasks: int = ARRAY_TASKS,
     ) -> None:
         self.portal = portal
+        self.session_write_budget = session_write_budget
+        #: write buffers and task slots shared by every session of this portal
+        self.budget = Budget(array_write_budget, array_tasks)
         self.targets = targets
         self.queue_depth = queue_depth
         self.nop_interval = nop_interval
@@ -146,7 +158,10 @@ class IscsiProtocol(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.started = self.loop.time()
         self.conn = TargetConnection(server.portal, self.started, queue_depth=server.queue_depth,
-                                     nop_interval=server.nop_interval, nop_timeout=server.nop_timeout)
+                                     nop_interval=server.nop_interval, nop_timeout=server.nop_timeout,
+                                     session_write_budget=server.session_write_budget,
+                                     array_budget=server.budget)
+        self.conn.wake = self._wake
         self.transport: asyncio.Transport | None = None
         self.session_key: tuple[str, bytes, str] | None = None
         self.peer = "?"
@@ -162,6 +177,9 @@ class IscsiProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.out.transport = transport  # type: ignore[assignment]
         self.peer = tune_socket(transport)
+        sockname = transport.get_extra_info("sockname")
+        if isinstance(sockname, tuple) and len(sockname) >= 2:
+            self.conn.local_address = (str(sockname[0]), int(sockname[1]))
         self.server.connections.add(self)
         log.debug("connection from %s", self.peer)
 
@@ -187,6 +205,14 @@ class IscsiProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     # --- events ----------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        """Another session gave write budget back: retry our waiting writes on the next iteration
+        (not inside that session's event handling)."""
+        self.loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        self.handle_events(self.conn.resume())
 
     def handle_events(self, events: list[Event]) -> None:
         self.out.queue(self.conn.data_to_send())

@@ -78,3 +78,32 @@ def test_default_array_has_a_large_thin_data_lun_as_its_largest() -> None:
     largest = max(target.luns, key=lambda lun: lun.size)
     assert largest.size >= 1 << 30 and largest.thin
     assert target.initiators is None and target.chap is None
+
+
+@pytest.mark.parametrize("file", ["../x.img", "/etc/x.img", "sub/../../x.img", "./../x.img"])
+def test_lun_file_outside_the_data_dir_is_refused_naming_file_and_field(tmp_path: Path, file: str) -> None:
+    path = write(tmp_path, GOOD.replace("file: five.img", f"file: {file}"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: targets[0].luns[1].file: "), msg
+    assert file in msg and "allow_outside_data_dir" in msg
+
+
+def test_lun_file_outside_the_data_dir_when_explicitly_allowed(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD.replace("file: five.img", "file: /srv/x.img, allow_outside_data_dir: true")))
+    lun = cfg.targets[0].luns[1]
+    assert lun.file == "/srv/x.img" and lun.allow_outside_data_dir
+    cfg = load_config(write(tmp_path, GOOD.replace("file: five.img", "file: sub/./five.img")))
+    assert cfg.targets[0].luns[1].file == "sub/five.img"  # inside: fine, normalised
+
+
+def test_write_budgets_and_task_slots_are_configurable(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD.replace(
+        "queue_depth: 64", "queue_depth: 64, session_write_budget: 8MiB, array_write_budget: 1GiB, array_tasks: 256")))
+    ic = cfg.iscsi
+    assert (ic.session_write_budget, ic.array_write_budget, ic.array_tasks) == (8 << 20, 1 << 30, 256)
+    d = default_config().iscsi
+    assert d.session_write_budget == 32 << 20 and d.array_write_budget == 128 << 20 and d.array_tasks == 1024
+    with pytest.raises(ConfigError, match=r"iscsi.array_write_budget: .*session_write_budget"):
+        load_config(write(tmp_path, GOOD.replace("queue_depth: 64", "queue_depth: 64, array_write_budget: 1MiB")))

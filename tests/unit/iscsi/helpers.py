@@ -81,7 +81,8 @@ class Wire:
             self.cmdsn += 1
         cdb16 = cdb.ljust(16, b"\0")
         w = struct.unpack(">IIII", cdb16)
-        flags = (0x80 if final else 0) | (0x40 if read else 0) | (0x20 if write else 0) | 1
+        is_write = bool(write) or (edtl is not None and not read)  # edtl alone: a write whose data follows
+        flags = (0x80 if final else 0) | (0x40 if read else 0) | (0x20 if is_write else 0) | 1
         data = write if immediate is None else immediate
         pdu = PDU(Opcode.SCSI_COMMAND, flags=flags, lun=encode_lun(lun), itt=itt,
                   w20=edtl if edtl is not None else (len(write) if write else read), w24=sn,

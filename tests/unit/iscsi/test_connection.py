@@ -22,7 +22,7 @@ def logged_in(**operational: str) -> Wire:
 
 def test_read_splits_data_in_by_mrdsl_and_collapses_status() -> None:
     w = logged_in()
-    itt, out = w.command(READ10, read=4096)
+    _, out = w.command(READ10, read=4096)
     assert out == []
     (ev,) = w.executes()
     assert ev.task.cdb[:10] == READ10
@@ -76,7 +76,7 @@ def test_write_with_immediate_unsolicited_and_solicited_data() -> None:
             pos += n
             sn += 1
     (ev,) = w.executes()
-    assert bytes(ev.task.buf) == payload
+    assert bytes(ev.task.data_out()) == payload
     (resp,) = w.complete(ev, ScsiResult(Status.GOOD))
     assert resp.opcode == Opcode.SCSI_RESPONSE and resp.b3 == 0 and resp.w36 == 2  # ExpDataSN = R2Ts
 
