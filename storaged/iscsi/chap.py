@@ -100,9 +100,10 @@ class ChapTarget:
         if name is None or resp is None:
             raise ChapError("CHAP_N and CHAP_R are required")
         expected = chap_response(self.algorithm, self.ident, self.creds.secret.encode(), self.challenge)
-        if not (hmac.compare_digest(name, self.creds.username) and
-                hmac.compare_digest(decode_binary(resp), expected)):
-            raise ChapError(f"CHAP response from {name!r} does not match")
+        # compare bytes: compare_digest refuses non-ASCII str, and CHAP_N may hold any UTF-8
+        name_ok = hmac.compare_digest(name.encode("utf-8", "surrogateescape"), self.creds.username.encode())
+        if not (name_ok and hmac.compare_digest(decode_binary(resp), expected)):
+            raise ChapError(f"CHAP response from {name[:64]!r} does not match")
         self.done = True
         if "CHAP_I" not in keys and "CHAP_C" not in keys:
             return []

@@ -61,6 +61,13 @@ class LoginResult:
     initiator_alias: str = ""
 
 
+def _valid_name(name: str) -> bool:
+    """An iSCSI name: at most 223 bytes of UTF-8 without spaces or control characters (RFC 7143
+    s.4.2.7.1); anything else would end up verbatim in logs, ACL checks and SendTargets."""
+    return (0 < len(name.encode("utf-8", "surrogateescape")) <= 223
+            and all(c.isprintable() and not c.isspace() for c in name))
+
+
 class LoginMachine:
     def __init__(self, portal: Portal) -> None:
         self.portal = portal
@@ -93,8 +100,13 @@ class LoginMachine:
             return self._handle(req)
         except LoginFailed as exc:
             self.failed = True
-            log.warning("login from %s refused (%04x): %s", self.initiator or "?", exc.status, exc)
+            log.warning("login from %r refused (%04x): %s", self.initiator or "?", exc.status, exc)
             return self._response(req, [], transit=False, nsg=0, status=exc.status)
+        except Exception as exc:  # noqa: BLE001 - a bug must not leave the initiator without an answer
+            self.failed = True
+            log.error("login from %r failed inside the target: %s: %s", self.initiator or "?",
+                      type(exc).__name__, exc)
+            return self._response(req, [], transit=False, nsg=0, status=LoginStatus.TARGET_ERROR)
 
     def _handle(self, req: PDU) -> PDU:
         transit = bool(req.flags & 0x80)
@@ -166,10 +178,14 @@ class LoginMachine:
 
     def _identify(self, pairs: list[tuple[str, str]]) -> None:
         keys = dict(pairs)
-        self.initiator = keys.get("InitiatorName", "")
-        self.initiator_alias = keys.get("InitiatorAlias", "")
-        if not self.initiator:
+        initiator = keys.get("InitiatorName", "")
+        if not initiator:
             raise LoginFailed(LoginStatus.MISSING_PARAMETER, "InitiatorName missing")
+        for key in ("InitiatorName", "TargetName"):
+            if key in keys and not _valid_name(keys[key]):
+                raise LoginFailed(LoginStatus.INITIATOR_ERROR, f"{key}={keys[key][:64]!r} is not an iSCSI name")
+        self.initiator = initiator
+        self.initiator_alias = keys.get("InitiatorAlias", "")[:255]
         session_type = keys.get("SessionType", "Normal")
         if session_type not in ("Normal", "Discovery"):
             raise LoginFailed(LoginStatus.SESSION_TYPE_NOT_SUPPORTED, f"SessionType={session_type}")
