@@ -28,6 +28,7 @@ class _InFlight:
     start: int
     end: int
     done: asyncio.Event
+    seq: int = 0  # its journal entry (0: not journaled)
 
 
 class WriteOrder:
@@ -135,11 +136,11 @@ class WriteOrder:
         while not self.journal.fits(length) and loop.time() < deadline and self.journaling:
             await asyncio.sleep(0.005)
 
-    def _register(self, volume: int, start: int, end: int) -> tuple[_InFlight, list[asyncio.Event]]:
+    def _register(self, volume: int, start: int, end: int, seq: int = 0) -> tuple[_InFlight, list[asyncio.Event]]:
         """Record a volume write about to start (under the lock, so in sequence order) and the
         earlier in-flight writes it overlaps, which must land on the volume first."""
         waits = [f.done for f in self._inflight if f.volume == volume and f.start < end and start < f.end]
-        me = _InFlight(volume, start, end, asyncio.Event())
+        me = _InFlight(volume, start, end, asyncio.Event(), seq)
         self._inflight.append(me)
         return me, waits
 
@@ -148,7 +149,7 @@ class WriteOrder:
         """The common path of WRITE, UNMAP and WRITE SAME: reserve, commit, activity log, volume."""
         async with self.lock:
             r, marks = self._reserve(volume, start, data, zero)
-            me, waits = self._register(volume, start, end)
+            me, waits = self._register(volume, start, end, r.seq if r is not None else 0)
             al = self.activity if r is not None else None
             hot = al.enter(volume, start, end) if al is not None else None
         try:
@@ -200,10 +201,11 @@ class WriteOrder:
             diff = first_difference(await store.read(offset, len(expected)), expected)
             if diff < 0:
                 r, marks = self._reserve(volume, offset, data, 0)
-                await self._commit(r, marks)
+                me, _ = self._register(volume, offset, end, r.seq if r is not None else 0)
                 al = self.activity if r is not None else None
                 hot = al.enter(volume, offset, end) if al is not None else None
                 try:
+                    await self._commit(r, marks)
                     if hot is not None:
                         await asyncio.shield(hot)
                     await store.write(offset, data, False)
@@ -212,6 +214,8 @@ class WriteOrder:
                         await self._volume_failed(r, exc)
                     raise
                 finally:
+                    me.done.set()
+                    self._inflight.remove(me)
                     if al is not None:
                         al.leave(volume, offset, end)
         if diff < 0 and fua:
@@ -229,10 +233,15 @@ class WriteOrder:
         stores = [s for v, s in self.volumes.items() if volumes is None or v in volumes]
         await asyncio.gather(*(s.flush() for s in stores))
 
-    async def make_volumes_durable(self) -> None:
-        """Before journal-out is persisted by a purge: every committed entry, then every P-VOL
-        write, durable. Otherwise a power cut could leave a P-VOL without a write whose entry
-        the purge already freed (the S-VOL has it, the P-VOL not, and no redo can tell)."""
+    async def make_volumes_durable(self, upto_seq: int | None = None) -> None:
+        """Before journal-out is persisted by a purge up to ``upto_seq`` (default: everything
+        committed): the volume writes of those entries done, then the journal and the P-VOLs
+        flushed. Otherwise a crash could leave a P-VOL without a write whose entry the purge
+        already freed (the S-VOL has it, the P-VOL not, and no redo can tell); an entry is
+        committed, and may be acquired, before its volume write has even been issued."""
+        limit = self.journal.committed_seq + 1 if upto_seq is None else upto_seq
+        for f in [f for f in self._inflight if 0 < f.seq < limit]:
+            await f.done.wait()
         await self.journal.make_durable()
         await self.flush_volumes()
 

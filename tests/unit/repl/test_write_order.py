@@ -101,3 +101,15 @@ async def test_an_async_dirty_callback_is_awaited_before_the_volume_write() -> N
     gate.set()
     await asyncio.gather(first, second)
     assert persisted == [{0}] and (await vol.read(0, 1))[:1] == b"a" and (await vol.read(4096, 1)) == b"b"
+
+
+async def test_volumes_are_made_durable_for_a_purge_only_after_the_purged_entries_reached_them() -> None:
+    """An entry is committed (and may be acquired) before its volume write is issued; making the
+    P-VOLs durable for a purge must wait for that write, or the flush misses it."""
+    vol, store, journal = await make()
+    write = asyncio.ensure_future(store.write(0, b"A" * 4096))  # the slow first volume write
+    while journal.committed_seq < 1:
+        await asyncio.sleep(0)
+    flushes = vol.flushes
+    await store.order.make_volumes_durable(journal.committed_seq + 1)
+    assert write.done() and vol.flushes > flushes
