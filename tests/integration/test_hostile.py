@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from storaged.iscsi.initiator import IscsiSession
-from storaged.iscsi.pdu import PDU, Opcode, encode_bytes, format_text
+from storaged.iscsi.pdu import PDU, Opcode, PDUReader, encode_bytes, format_text
 
-from .conftest import TARGET
+from .conftest import TARGET, small_config
 from .daemon import StoragedProcess
 
 pytestmark = pytest.mark.integration
@@ -99,5 +99,68 @@ async def test_half_open_login_is_dropped_after_login_timeout(tmp_path: Path) ->
         assert data == b""  # closed by the target
         writer.close()
         assert "login not finished within 2s" in proc.log
+    finally:
+        proc.stop()
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def test_write_bomb_gets_no_more_r2ts_than_the_window_and_no_buffers(tmp_path: Path) -> None:
+    """128 + 64 WRITE(16) of 64 MiB without data, R2Ts and window ignored (the issue's bomb)."""
+    cfg = small_config()
+    cfg["iscsi"] = {"queue_depth": 128}
+    proc = StoragedProcess(tmp_path / "data", cfg).start()
+    try:
+        assert proc.proc is not None
+        evil = IscsiSession()
+        await evil.login("127.0.0.1", proc.port, TARGET, initiator="iqn.2026-11.test:evil")
+        r2ts: list[PDU] = []
+        evil._on_pdu = lambda pdu: r2ts.append(pdu) if pdu.opcode == Opcode.R2T else None  # type: ignore[method-assign]
+        before = _rss_kib(proc.proc.pid)
+        cdb = struct.unpack(">IIII", bytes([0x8A, 0]) + bytes(8) + (131072).to_bytes(4, "big") + bytes(2))
+        for i in range(192):
+            evil.send_pdu(PDU(Opcode.SCSI_COMMAND, flags=0xA1, itt=0x1000 + i, w20=64 << 20, w24=evil.cmdsn + i,
+                              w32=cdb[0], w36=cdb[1], w40=cdb[2], w44=cdb[3]))
+        await _healthy(proc.port)  # served while the bomb's commands sit in the target
+        await asyncio.sleep(0.5)
+        assert {p.itt for p in r2ts} <= {0x1000 + i for i in range(128)}  # none beyond the window
+        assert _rss_kib(proc.proc.pid) - before < 64 << 10  # the old target held 64 MiB per command
+        await evil.close()
+        assert proc.alive() and "Traceback" not in proc.log
+    finally:
+        proc.stop()
+
+
+async def test_non_ascii_chap_name_gets_a_login_response_not_a_traceback(tmp_path: Path) -> None:
+    from .conftest import small_config as cfg_with
+
+    proc = StoragedProcess(tmp_path / "data", cfg_with(chap={"username": "host1", "secret": "host1-secret-123"})).start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proc.port)
+        keys = [("InitiatorName", "iqn.2026-11.test:h"), ("TargetName", TARGET), ("AuthMethod", "CHAP")]
+        writer.write(_login(keys, flags=0x01))
+        writer.write(_login([("CHAP_A", "5")], flags=0x01))
+        writer.write(_login([("CHAP_N", "hüst"), ("CHAP_R", "0x" + "00" * 16)], flags=0x81))
+        await writer.drain()
+        data = b""
+        while len(data) < 3 * 48:
+            chunk = await asyncio.wait_for(reader.read(65536), 10)
+            if not chunk:
+                break
+            data += chunk
+        responses = []
+        reader_pdu = PDUReader()
+        reader_pdu.feed(data)
+        while (p := reader_pdu.next_pdu()) is not None:
+            responses.append(p)
+        writer.close()
+        last = responses[-1]
+        assert last.opcode == Opcode.LOGIN_RESPONSE and (last.w36 >> 16) == 0x0201
+        assert "Traceback" not in proc.log and "refused (0201)" in proc.log
     finally:
         proc.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -133,8 +134,9 @@ def test_header_digest_with_libiscsi(storaged: StoragedProcess, tmp_path: Path) 
     require("qemu-img")
     src = tmp_path / "src.raw"
     src.write_bytes(os.urandom(1 << 20))
-    spec = ('json:{"driver":"raw","file":{"driver":"iscsi","transport":"tcp","portal":"127.0.0.1:%d",'
-            '"target":"%s","lun":1,"header-digest":"crc32c"}}' % (storaged.port, TARGET))
+    spec = "json:" + json.dumps({"driver": "raw", "file": {
+        "driver": "iscsi", "transport": "tcp", "portal": f"127.0.0.1:{storaged.port}", "target": TARGET, "lun": 1,
+        "header-digest": "crc32c"}}, separators=(",", ":"))
     run("qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(src), spec)
     out = tmp_path / "out.raw"
     run("qemu-img", "convert", "-f", "raw", "-O", "raw", spec, str(out))
@@ -166,3 +168,14 @@ def test_filesystem_on_a_lun_through_a_real_block_device(storaged: StoragedProce
             assert (mnt / "file.bin").read_bytes() == payload
         finally:
             run("umount", str(mnt))
+
+
+def test_iscsi_ls_on_a_wildcard_listener_lists_a_reachable_portal(tmp_path: Path) -> None:
+    require("iscsi-ls")
+    proc = StoragedProcess(tmp_path / "data", small_config(), extra_args=["--listen", "0.0.0.0:0"]).start()
+    try:
+        out = run("iscsi-ls", "-s", f"iscsi://127.0.0.1:{proc.port}").stdout
+        assert f"Target:{TARGET} Portal:127.0.0.1:{proc.port},1" in out, out
+        assert "0.0.0.0" not in out
+    finally:
+        proc.stop()
