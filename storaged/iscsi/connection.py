@@ -11,40 +11,39 @@ logging in again (session reinstatement).
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from ..scsi.types import Nexus, ScsiResult, Status
-from .budget import Budget, take_both
-from .login import LoginMachine, LoginResult
-from .params import SessionParams
+from ..scsi.types import Nexus, ScsiResult
+from .conn_base import (
+    _MASK,
+    _WILDCARDS,
+    ProtocolViolation,
+    _PendingTMF,
+    sn_le,
+    sn_lt,
+)
 from .pdu import (
     PDU,
     RESERVED_TAG,
     DigestError,
     Opcode,
     PDUError,
-    PDUReader,
     RejectReason,
     decode_lun,
-    encode,
-    encode_lun,
     format_text,
     parse_text,
 )
-from .portal import Portal
 from .tasks import (
     TMF,
     CloseConnection,
     Event,
     ExecuteCommand,
     LoggedIn,
-    R2TState,
     ResetRequested,
     Task,
     TMFResponse,
 )
+from .writes import WritePath
 
 __all__ = [
     "TMF",
@@ -63,86 +62,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_MASK = 0xFFFFFFFF
-#: Largest Expected Data Transfer Length we buffer for one write; beyond it the command fails.
-MAX_WRITE_BUFFER = 64 << 20
-#: Write data one session may have granted (asked for or accepted) at once, unless configured.
-SESSION_WRITE_BUDGET = 32 << 20
-_WILDCARDS = ("0.0.0.0", "::", "")
 
-
-def sn_lt(a: int, b: int) -> bool:
-    """Serial number arithmetic a < b (RFC 1982, 32 bits)."""
-    return a != b and ((b - a) & _MASK) < 0x80000000
-
-
-def sn_le(a: int, b: int) -> bool:
-    return a == b or sn_lt(a, b)
-
-
-@dataclass(slots=True)
-class _PendingTMF:
-    pdu: PDU
-    waiting: set[int]
-
-
-class ProtocolViolation(Exception):
-    """The initiator broke a rule we cannot recover from at ERL 0: close the connection."""
-
-
-# --- the connection ----------------------------------------------------------------------
-
-
-class TargetConnection:
-    def __init__(
-        self,
-        portal: Portal,
-        now: float = 0.0,
-        *,
-        queue_depth: int = 128,
-        nop_interval: float = 30.0,
-        nop_timeout: float = 15.0,
-        session_write_budget: int = SESSION_WRITE_BUDGET,
-        array_budget: Budget | None = None,
-    ) -> None:
-        self.portal = portal
-        self.reader = PDUReader(max_data_segment=8192 * 8)
-        self.login: LoginMachine | None = LoginMachine(portal)
-        self.session: LoginResult | None = None
-        self.params = SessionParams()
-        self.nexus: Nexus | None = None
-        self.queue_depth = queue_depth
-        self.nop_interval = nop_interval
-        self.nop_timeout = nop_timeout
-        self.statsn = 0
-        self.exp_cmdsn = 0
-        self.max_cmdsn = 0
-        self.cid = 0
-        self.tasks: dict[int, Task] = {}
-        self._ooo: dict[int, PDU] = {}
-        self._out: list[bytes | memoryview] = []
-        self._events: list[Event] = []
-        self._next_ttt = 1
-        self._pending_tmfs: list[_PendingTMF] = []
-        self._pending_logout: PDU | None = None
-        self._text_chunks: dict[int, list[bytes]] = {}
-        self._last_rx = now
-        self._ping_ttt: int | None = None
-        self._ping_sent = 0.0
-        self.closed = False
-        #: write data granted to this session's tasks; its task slots are the CmdSN window
-        self.budget = Budget(session_write_budget, queue_depth)
-        #: shared by every session of the array (a private, unlimited one when not given)
-        self.array_budget = array_budget if array_budget is not None else Budget(1 << 62, 1 << 30)
-        #: writes waiting, in arrival order, for room in the budgets before their first R2T
-        self._waiting: deque[Task] = deque()
-        self._ooo_bytes = 0
-        self._out_of_window = 0
-        #: set by the owner: called when another session gave array budget back (then call resume)
-        self.wake: Callable[[], None] | None = None
-        #: (host, port) the connection arrived on, announced by SendTargets on a wildcard portal
-        self.local_address: tuple[str, int] | None = None
-
+class TargetConnection(WritePath):
     # --- public API ------------------------------------------------------------------------
 
     @property
@@ -152,7 +73,7 @@ class TargetConnection:
     def receive_data(self, data: bytes | bytearray | memoryview, now: float | None = None) -> list[Event]:
         """Buffer received bytes and process every complete PDU."""
         if now is not None:
-            self._last_rx = now
+            self._last_rx = self._clock = now
             self._ping_ttt = None
         self.reader.feed(data)
         while not self.closed:
@@ -207,9 +128,16 @@ class TargetConnection:
         return self._take_events()
 
     def tick(self, now: float) -> list[Event]:
-        """Drive timers: NOP-In pings on an idle link, and dropping a link that stopped answering."""
+        """Drive timers: NOP-In pings on an idle link, dropping a link that stopped answering, and
+        dropping one that holds write grants without sending the data its R2Ts asked for (at ERL 0
+        the connection is the unit of recovery; the grants go back to the budgets)."""
+        self._clock = now
         if self.session is None or self.closed:
             return self._take_events()
+        for task in self.tasks.values():
+            if task.r2ts and now - task.last_data > self.r2t_timeout:
+                self._close(f"ITT {task.itt:#x}: no Data-Out for its R2T in {self.r2t_timeout:.0f}s")
+                return self._take_events()
         if self._ping_ttt is not None:
             if now - self._ping_sent > self.nop_timeout:
                 self._close(f"no answer to NOP-In ping for {self.nop_timeout:.0f}s")
@@ -219,55 +147,6 @@ class TargetConnection:
             self._send(PDU(Opcode.NOP_IN, flags=0x80, lun=bytes(8), itt=RESERVED_TAG, w20=self._ping_ttt,
                            w24=self.statsn, w28=self.exp_cmdsn, w32=self.max_cmdsn))
         return self._take_events()
-
-    # --- plumbing --------------------------------------------------------------------------
-
-    def _who(self) -> str:
-        if self.session is not None:
-            return f"{self.session.initiator} isid={self.session.isid.hex()}"
-        return "connection"
-
-    def _take_events(self) -> list[Event]:
-        ev, self._events = self._events, []
-        return ev
-
-    def _close(self, reason: str, clean: bool = False) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        (log.info if clean else log.warning)("%s: closing: %s", self._who(), reason)
-        self._events.append(CloseConnection(reason, clean))
-
-    def _send(self, pdu: PDU) -> None:
-        self._out.extend(encode(pdu, self.params.header_digest, self.params.data_digest))
-
-    def _next_statsn(self) -> int:
-        sn = self.statsn
-        self.statsn = (sn + 1) & _MASK
-        return sn
-
-    def _update_window(self) -> None:
-        """Open the CmdSN window by the free task slots; MaxCmdSN = ExpCmdSN - 1 closes it
-        (RFC 7143 s.4.2.2.1). MaxCmdSN never moves back, so a full queue keeps the window shut
-        until tasks finish."""
-        proposed = (self.exp_cmdsn - 1 + self._free_slots()) & _MASK
-        if sn_lt(self.max_cmdsn, proposed):
-            self.max_cmdsn = proposed
-
-    def _free_slots(self) -> int:
-        return max(min(self.queue_depth - len(self.tasks), self.array_budget.tasks_free), 0)
-
-    def _new_ttt(self) -> int:
-        ttt = self._next_ttt
-        self._next_ttt = (ttt + 1) & 0x7FFFFFFF or 1
-        return ttt
-
-    def _reject(self, pdu: PDU, reason: RejectReason) -> None:
-        self._update_window()
-        header = pdu.raw_header or pdu.header_bytes()
-        self._send(PDU(Opcode.REJECT, flags=0x80, b2=reason, itt=RESERVED_TAG,
-                       w24=self._next_statsn() if self.session else 0,
-                       w28=self.exp_cmdsn, w32=self.max_cmdsn, data=header))
 
     # --- dispatch --------------------------------------------------------------------------
 
@@ -359,279 +238,6 @@ class TargetConnection:
                  p.initiator_mrdsl, p.target_mrdsl, p.max_burst_length, p.first_burst_length,
                  "Yes" if p.initial_r2t else "No", "Yes" if p.immediate_data else "No")
         self._events.append(LoggedIn(result, self.nexus))
-
-    # --- SCSI commands and data ------------------------------------------------------------
-
-    def _scsi_command(self, pdu: PDU) -> None:
-        assert self.session is not None
-        if self.session.discovery or self.nexus is None:
-            self._reject(pdu, RejectReason.PROTOCOL_ERROR)
-            return
-        if pdu.itt in self.tasks:
-            self._reject(pdu, RejectReason.TASK_IN_PROGRESS)
-            return
-        flags = pdu.flags
-        cdb = pdu.raw_header[32:48]
-        if pdu.ahs:
-            cdb = self._extended_cdb(cdb, pdu.ahs)
-        edtl = pdu.w20
-        task = Task(pdu.itt, decode_lun(pdu.lun), cdb, pdu.cmdsn, pdu.immediate,
-                    bool(flags & 0x40), bool(flags & 0x20), edtl, flags & 7)
-        immediate = pdu.data
-        p = self.params
-        if immediate and not task.write:
-            self._reject(pdu, RejectReason.PROTOCOL_ERROR)
-            return
-        if task.write:
-            if immediate and not p.immediate_data:
-                raise ProtocolViolation("immediate data sent although ImmediateData=No")
-            if len(immediate) > edtl or len(immediate) > p.first_burst_length:
-                raise ProtocolViolation(f"{len(immediate)} bytes of immediate data for EDTL {edtl}")
-            if not (flags & 0x80) and p.initial_r2t:
-                raise ProtocolViolation("F=0 on a command although InitialR2T=Yes")
-        full = self._no_room_for_task()
-        if full is not None:
-            self._send_result(task, ScsiResult(full))
-            return
-        if not task.write:
-            self._add_task(task)
-            self._execute(task)
-            return
-        if edtl > MAX_WRITE_BUFFER:
-            # Refuse before buffering; any unsolicited data that follows is dropped (unknown ITT).
-            self._send_result(task, _too_large())
-            return
-        unsol_limit = 0 if p.initial_r2t else min(p.first_burst_length, edtl)
-        task.unsol_limit = max(unsol_limit, len(immediate))
-        task.unsol_open = not (flags & 0x80)
-        if not self._waiting and take_both(self.budget, self.array_budget, edtl):
-            task.granted = edtl
-        elif immediate or task.unsol_open:
-            # Data is coming that we have no room for: refuse the command (SAM-5 s.5.3), drop its data.
-            self._send_result(task, ScsiResult(Status.TASK_SET_FULL if self.tasks else Status.BUSY))
-            return
-        else:
-            self._waiting.append(task)  # nothing arrives before its first R2T: it holds no memory
-            self._wait_for_array(edtl)
-        self._add_task(task)
-        if immediate:
-            task.parts.append((0, immediate))
-            task.received = len(immediate)
-        self._progress_write(task)
-
-    def _no_room_for_task(self) -> Status | None:
-        """TASK SET FULL when this nexus already has commands, else BUSY (SAM-5 s.5.3), if no task
-        slot is free: the session's queue (reachable only with immediate commands, the CmdSN window
-        keeps the rest out) or the array's."""
-        if len(self.tasks) < self.queue_depth and self.array_budget.tasks_free > 0:
-            return None
-        return Status.TASK_SET_FULL if self.tasks else Status.BUSY
-
-    def _add_task(self, task: Task) -> None:
-        self.tasks[task.itt] = task
-        task.counted = True
-        self.array_budget.take_task()
-
-    def _drop_task(self, task: Task) -> None:
-        """Forget a task and give back its slot and write grant."""
-        if self.tasks.get(task.itt) is task:
-            del self.tasks[task.itt]
-        if task.counted:
-            task.counted = False
-            self.array_budget.give_task()
-        if task.granted:
-            granted, task.granted = task.granted, 0
-            self.budget.give(granted)
-            self.array_budget.give(granted)
-        elif task in self._waiting:
-            self._waiting.remove(task)
-        task.parts = []
-
-    def _pump_grants(self) -> None:
-        """Grant waiting writes their buffer, oldest first, and send their R2Ts."""
-        while self._waiting and not self.closed:
-            task = self._waiting[0]
-            if not take_both(self.budget, self.array_budget, task.edtl):
-                self._wait_for_array(task.edtl)
-                return
-            self._waiting.popleft()
-            task.granted = task.edtl
-            self._progress_write(task)
-
-    def _wait_for_array(self, n: int) -> None:
-        if not self.array_budget.fits(n):
-            self.array_budget.wait(id(self), self._array_room)
-
-    def _array_room(self) -> None:
-        if self.wake is not None and not self.closed:
-            self.wake()
-
-    @staticmethod
-    def _extended_cdb(cdb: bytes, ahs: bytes) -> bytes:
-        pos = 0
-        while pos + 4 <= len(ahs):
-            length = int.from_bytes(ahs[pos : pos + 2], "big")
-            kind = ahs[pos + 2]
-            if kind == 1:  # Extended CDB AHS: bytes beyond the first 16
-                return cdb + ahs[pos + 4 : pos + 3 + length]
-            pos += 4 + ((length - 1 + 3) & ~3) if length else 4
-        return cdb
-
-    def _progress_write(self, task: Task) -> None:
-        if task.granted < task.edtl:
-            return  # waiting for room in the budgets
-        if task.received >= task.edtl:
-            self._execute(task)
-            return
-        if task.unsol_open:
-            return  # wait for the rest of the unsolicited burst
-        task.next_r2t_offset = max(task.next_r2t_offset, task.received)
-        p = self.params
-        while len(task.r2ts) < p.max_outstanding_r2t and task.next_r2t_offset < task.edtl:
-            length = min(p.max_burst_length, task.edtl - task.next_r2t_offset)
-            ttt = self._new_ttt()
-            task.r2ts[ttt] = R2TState(task.next_r2t_offset, length)
-            self._update_window()
-            self._send(PDU(Opcode.R2T, flags=0x80, lun=_lun_field(task.lun), itt=task.itt, w20=ttt,
-                           w24=self.statsn, w28=self.exp_cmdsn, w32=self.max_cmdsn, w36=task.r2tsn,
-                           w40=task.next_r2t_offset, w44=length))
-            task.r2tsn += 1
-            task.next_r2t_offset += length
-
-    def _data_out(self, pdu: PDU) -> None:
-        task = self.tasks.get(pdu.itt)
-        if task is None or not task.write:
-            # Data for a task we already finished or refused (e.g. too large): drop it.
-            log.debug("%s: Data-Out for unknown ITT %#x dropped", self._who(), pdu.itt)
-            return
-        if task.executing:
-            raise ProtocolViolation("Data-Out after all data was received")
-        data = pdu.data
-        offset = pdu.w40
-        datasn = pdu.w36
-        final = pdu.final
-        if pdu.ttt == RESERVED_TAG:
-            if not task.unsol_open:
-                self._fail_task(task, 0x4B, 0x02, "unsolicited Data-Out outside the first burst")
-                return
-            if datasn != task.unsol_datasn:
-                self._fail_task(task, 0x4B, 0x00, f"unsolicited DataSN {datasn}, expected {task.unsol_datasn}")
-                return
-            if offset != task.received:
-                self._fail_task(task, 0x4B, 0x05, f"unsolicited offset {offset}, expected {task.received}")
-                return
-            if offset + len(data) > task.unsol_limit:
-                self._fail_task(task, 0x4B, 0x02, "unsolicited data beyond FirstBurstLength")
-                return
-            task.unsol_datasn += 1
-            if final:
-                task.unsol_open = False
-        else:
-            r2t = task.r2ts.get(pdu.ttt)
-            if r2t is None:
-                self._fail_task(task, 0x4B, 0x01, f"Data-Out with unknown TTT {pdu.ttt:#x}")
-                return
-            if datasn != r2t.next_datasn:
-                self._fail_task(task, 0x4B, 0x00, f"DataSN {datasn}, expected {r2t.next_datasn}")
-                return
-            if offset != r2t.offset + r2t.received:
-                self._fail_task(task, 0x4B, 0x05, f"offset {offset}, expected {r2t.offset + r2t.received}")
-                return
-            if r2t.received + len(data) > r2t.length:
-                self._fail_task(task, 0x4B, 0x02, "Data-Out beyond the R2T's desired length")
-                return
-            r2t.next_datasn += 1
-            r2t.received += len(data)
-            if final:
-                if r2t.received != r2t.length:
-                    self._fail_task(task, 0x4B, 0x00, "R2T sequence ended early")
-                    return
-                del task.r2ts[pdu.ttt]
-        task.parts.append((offset, data))
-        task.received += len(data)
-        if final or task.received >= task.edtl:
-            self._progress_write(task)
-
-    def _fail_task(self, task: Task, asc: int, ascq: int, why: str) -> None:
-        """End a write whose data phase broke the rules: CHECK CONDITION, ABORTED COMMAND with the
-        iSCSI-specific ASC (RFC 7143 s.11.4.7.2). The connection stays up; later Data-Out PDUs
-        for the task are dropped as belonging to no task."""
-        log.warning("%s: ITT %#x failed: %s", self._who(), task.itt, why)
-        self._drop_task(task)
-        sense = bytes([0x70, 0, 0x0B, 0, 0, 0, 0, 10, 0, 0, 0, 0, asc, ascq, 0, 0, 0, 0])
-        self._send_result(task, ScsiResult(Status.CHECK_CONDITION, None, sense))
-        self._task_finished(task)
-        self._pump_grants()
-
-    def _execute(self, task: Task) -> None:
-        task.executing = True
-        self._update_window()
-        self._events.append(ExecuteCommand(task))
-
-    def _send_result(self, task: Task, result: ScsiResult) -> None:
-        self._update_window()
-        lun = _lun_field(task.lun)
-        status = result.status
-        data = result.data
-        residual_flags = 0
-        residual = 0
-        expdatasn = 0
-        if task.read and data is not None and len(data) and task.edtl:
-            n = len(data)
-            send = min(n, task.edtl)
-            if n < task.edtl:
-                residual_flags, residual = 0x02, task.edtl - n
-            elif n > task.edtl:
-                residual_flags, residual = 0x04, n - task.edtl
-            view = memoryview(data)[:send]
-            collapse = status == Status.GOOD and not result.sense
-            seg = self.params.initiator_mrdsl
-            burst = self.params.max_burst_length
-            pos = 0
-            datasn = 0
-            while pos < send:
-                n_seg = min(seg, send - pos, burst - pos % burst)
-                last = pos + n_seg >= send
-                flags = 0x80 if (last or (pos + n_seg) % burst == 0) else 0
-                w24 = 0
-                b3 = 0
-                if last and collapse:
-                    flags |= 0x01 | residual_flags
-                    b3 = status
-                    w24 = self._next_statsn()
-                    w44 = residual
-                else:
-                    w44 = 0
-                self._out.extend(encode(PDU(Opcode.DATA_IN, flags=flags, b3=b3, lun=lun, itt=task.itt,
-                                            w20=RESERVED_TAG, w24=w24, w28=self.exp_cmdsn,
-                                            w32=self.max_cmdsn, w36=datasn, w40=pos, w44=w44,
-                                            data=view[pos : pos + n_seg]),
-                                        self.params.header_digest, self.params.data_digest))
-                datasn += 1
-                pos += n_seg
-            if collapse:
-                return
-            expdatasn = datasn
-        else:
-            if data is not None and len(data) and not task.edtl:
-                # The CDB asked for data the initiator gave no room for (EDTL 0): all of it overflows.
-                residual_flags, residual = 0x04, len(data)
-            elif task.read and task.edtl:
-                residual_flags, residual = 0x02, task.edtl
-            elif task.write:
-                expdatasn = task.r2tsn
-                needed = result.extra.get("spdtl")
-                if isinstance(needed, int):
-                    if needed < task.edtl:
-                        residual_flags, residual = 0x02, task.edtl - needed
-                    elif needed > task.edtl:
-                        residual_flags, residual = 0x04, needed - task.edtl
-        sense = b""
-        if result.sense:
-            sense = len(result.sense).to_bytes(2, "big") + result.sense
-        self._send(PDU(Opcode.SCSI_RESPONSE, flags=0x80 | residual_flags, b2=0, b3=status, lun=bytes(8),
-                       itt=task.itt, w24=self._next_statsn(), w28=self.exp_cmdsn, w32=self.max_cmdsn,
-                       w36=expdatasn, w44=residual, data=sense))
 
     # --- other requests --------------------------------------------------------------------
 
@@ -765,6 +371,7 @@ class TargetConnection:
             return
         waiting = {t.itt for t in affected if self._abort(t)}
         if function in (TMF.LOGICAL_UNIT_RESET, TMF.TARGET_WARM_RESET, TMF.TARGET_COLD_RESET):
+            assert self.nexus is not None  # refused above otherwise
             self._events.append(ResetRequested(function, lun, self.nexus))
         if waiting:
             self._pending_tmfs.append(_PendingTMF(pdu, waiting))
@@ -798,17 +405,8 @@ class TargetConnection:
             self._close("target cold reset")
 
 
-def _lun_field(lun: int) -> bytes:
-    return encode_lun(lun) if 0 <= lun < 16384 else bytes(8)
 
-
-def _too_large() -> ScsiResult:
-    """CHECK CONDITION, ILLEGAL REQUEST / INVALID FIELD IN CDB, fixed format."""
-    sense = bytes([0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0x00, 0, 0, 0, 0])
-    return ScsiResult(Status.CHECK_CONDITION, None, sense)
-
-
-_ORDERED_HANDLERS = {
+_ORDERED_HANDLERS: dict[int, Callable[[TargetConnection, PDU], None]] = {
     Opcode.SCSI_COMMAND: TargetConnection._scsi_command,
     Opcode.NOP_OUT: TargetConnection._nop_out,
     Opcode.TEXT_REQUEST: TargetConnection._text,

@@ -161,7 +161,7 @@ def encode(pdu: PDU, header_digest: bool = False, data_digest: bool = False) -> 
     data = pdu.data
     if data:
         pad = bytes(-len(data) % 4)
-        out.append(data)
+        out.append(memoryview(data) if isinstance(data, bytearray) else data)
         if pad:
             out.append(pad)
         if data_digest:

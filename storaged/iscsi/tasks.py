@@ -103,6 +103,8 @@ class Task:
     granted: int = 0
     #: holds one of the array's task slots
     counted: bool = False
+    #: when an R2T was last sent or data last arrived for it (the connection's clock)
+    last_data: float = 0.0
     unsol_limit: int = 0
     unsol_open: bool = False
     unsol_datasn: int = 0

@@ -16,8 +16,8 @@ from ..netio import BatchedWriter, tune_socket
 from ..origin import ORIGIN
 from ..scsi.types import Nexus, ScsiCommand, ScsiResult, Status
 from .budget import Budget
+from .conn_base import SESSION_WRITE_BUDGET
 from .connection import (
-    SESSION_WRITE_BUDGET,
     TMF,
     CloseConnection,
     Event,

@@ -166,3 +166,22 @@ def test_login_response_announces_the_window_the_session_has() -> None:
     w.send(login_pdu(keys, 0, 1))
     (final,) = w.send(login_pdu([], 1, 3))
     assert final.w32 == (final.w28 + 3) & MASK  # MaxCmdSN = ExpCmdSN + queue_depth - 1
+
+
+def test_a_link_that_holds_a_grant_without_sending_data_is_dropped() -> None:
+    from storaged.iscsi.connection import CloseConnection
+    from storaged.iscsi.pdu import encode_bytes
+
+    array = Budget(1 * MiB, 100)
+    w = wire(queue_depth=8, array_budget=array, r2t_timeout=30.0, nop_interval=0)
+    itt, out = w.command(WRITE16, edtl=MiB)
+    (r2t,) = [p for p in out if p.opcode == Opcode.R2T]
+    # data trickles in at t=20: the write is alive
+    w.events += w.conn.receive_data(encode_bytes(PDU(Opcode.DATA_OUT, flags=0, lun=encode_lun(0), itt=itt,
+                                                     w20=r2t.w20, w36=0, w40=r2t.w40, data=bytes(4096))), 20.0)
+    w.events += w.conn.tick(45.0)
+    assert not any(isinstance(e, CloseConnection) for e in w.events)
+    w.events += w.conn.tick(51.0)
+    assert any(isinstance(e, CloseConnection) and "no Data-Out" in e.reason for e in w.events)
+    w.conn.abort_tasks(None)  # what the transport does when the socket is gone
+    assert array.bytes_used == 0 and array.tasks_used == 0
