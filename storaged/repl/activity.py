@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..backstore.base import Backstore
-from .journal import HEAD_LBA_BYTES, SUPER_BYTES, Entry, JournalFull, PrimaryJournal, _crc
+from .journal import FLAG_REJOURNAL, HEAD_LBA_BYTES, SUPER_BYTES, Entry, JournalFull, PrimaryJournal, _crc
 
 log = logging.getLogger("storaged.repl")
 
@@ -293,9 +293,9 @@ async def _rejournal(journal: PrimaryJournal, store: Backstore, volume: int, pos
     try:
         for e in await store.extents(pos, n):
             if e.mapped:
-                await journal.append(volume, e.offset, await store.read(e.offset, e.length))
+                await journal.append(volume, e.offset, await store.read(e.offset, e.length), flags=FLAG_REJOURNAL)
             else:
-                await journal.append(volume, e.offset, b"", zero_length=e.length)
+                await journal.append(volume, e.offset, b"", zero_length=e.length, flags=FLAG_REJOURNAL)
     except JournalFull:
         return 0
     return n

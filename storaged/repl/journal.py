@@ -30,6 +30,7 @@ SUPER = struct.Struct(">4sHH64sQQQQI")  # ... epoch, generation, crc
 SUPER_BYTES = 512
 FLAG_WRAP = 0x0001
 FLAG_ZERO = 0x0002  # the range reads as zeros from now on (UNMAP, WRITE SAME of zeros): no data follows
+FLAG_REJOURNAL = 0x0004  # P-VOL content re-journaled after an unclean stop (activity log), not a host write
 HEAD_LBA_BYTES = 4096  # the superblock area before the ring
 
 
@@ -60,6 +61,7 @@ class Entry:
     span: int = 0
     #: for a zeroing entry (no data): how many bytes from ``offset`` read as zeros
     zero_length: int = 0
+    rejournaled: bool = False  # FLAG_REJOURNAL
 
     @property
     def length(self) -> int:
@@ -192,6 +194,7 @@ class Reservation:
     data: bytes | bytearray | memoryview = field(repr=False)
     zero_length: int = 0
     end_pos: int = 0
+    flags: int = 0
 
 
 @dataclass(slots=True)
@@ -279,7 +282,7 @@ class PrimaryJournal:
         return span + waste <= self.free()
 
     def reserve(self, volume: int, offset: int, data: bytes | bytearray | memoryview,
-                time_ns: int | None = None, zero_length: int = 0) -> Reservation:
+                time_ns: int | None = None, zero_length: int = 0, flags: int = 0) -> Reservation:
         """Give a write its sequence number and ring position (no I/O; the caller holds the
         group lock, which makes reservation order the group's write order)."""
         if self.broken:
@@ -290,7 +293,8 @@ class PrimaryJournal:
         span = entry_span(len(data), self.ring.block_size)
         pos, wrapped = self.ring.place(self.ptr.in_pos, span)
         r = Reservation(self.ptr.next_seq, pos, span, self.ptr.in_pos if wrapped else None,
-                        time_ns if time_ns is not None else time.time_ns(), volume, offset, data, zero_length)
+                        time_ns if time_ns is not None else time.time_ns(), volume, offset, data, zero_length,
+                        flags=flags)
         nxt = pos + span
         self.ptr.in_pos = nxt if nxt < self.ring.end else self.ring.head
         self.ptr.next_seq += 1
@@ -307,7 +311,7 @@ class PrimaryJournal:
                 # The rest of the ring is unused: a marker sends readers back to the head.
                 await self.store.writev(r.wrap_at, encode_entry(epoch, r.seq, 0, 0, 0, b"", bs, FLAG_WRAP,
                                                                 generation=gen))
-            flags = FLAG_ZERO if r.zero_length else 0
+            flags = (FLAG_ZERO if r.zero_length else 0) | r.flags
             await self.store.writev(r.pos, encode_entry(epoch, r.seq, r.time_ns, r.volume, r.offset, r.data, bs,
                                                         flags, r.zero_length, gen))
         except BaseException as exc:
@@ -335,13 +339,14 @@ class PrimaryJournal:
                 raise JournalFull(f"journal of group {self.group} failed: {self.broken}")
             self._commit_changed.clear()
             await self._commit_changed.wait()
-        return Entry(r.seq, r.time_ns, r.volume, r.offset, bytes(r.data), r.pos, r.span, r.zero_length)
+        return Entry(r.seq, r.time_ns, r.volume, r.offset, bytes(r.data), r.pos, r.span, r.zero_length,
+                     bool(r.flags & FLAG_REJOURNAL))
 
     async def append(self, volume: int, offset: int, data: bytes | bytearray | memoryview,
-                     time_ns: int | None = None, zero_length: int = 0) -> Entry:
+                     time_ns: int | None = None, zero_length: int = 0, flags: int = 0) -> Entry:
         """Reserve, write and commit one entry (with ``zero_length``: "this range now reads as
         zeros", no data)."""
-        r = self.reserve(volume, offset, data, time_ns, zero_length)
+        r = self.reserve(volume, offset, data, time_ns, zero_length, flags)
         await self.write_reserved(r)
         return await self.commit(r)
 
@@ -502,7 +507,7 @@ async def read_entries(store: Backstore, sb: Superblock, pos: int, seq: int, sto
                 raise JournalCorrupt(f"entry {seq} at {pos}: data checksum mismatch")
             break  # a torn tail after a crash: the entry was never acknowledged
         out.append(Entry(hdr.seq, hdr.time_ns, hdr.volume, hdr.offset, bytes(data), pos, span,
-                         hdr.length if hdr.flags & FLAG_ZERO else 0))
+                         hdr.length if hdr.flags & FLAG_ZERO else 0, bool(hdr.flags & FLAG_REJOURNAL)))
         total += span
         seq += 1
         pos += span

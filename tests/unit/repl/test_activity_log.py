@@ -105,6 +105,7 @@ async def test_recovery_rejournals_suspect_extents_and_reports_what_did_not_fit(
         await (image.write_zeroes(e.offset, e.zero_length) if e.zero_length else image.write(e.offset, e.data))
     assert await image.read(0, 1 << 20) == await vol.read(0, 1 << 20)
     assert rec.rejournaled == 2 * EXT and rec.unjournaled == {}
+    assert entries and all(e.rejournaled for e in entries)  # told apart from host writes
     # the same with no journal room: everything goes to the bitmap
     rec2 = await recover_primary(jstore, "g", rec.journal.ptr.out_pos, rec.journal.ptr.out_seq, {0: vol},
                                  journaling=False, extent=EXT)
