@@ -193,14 +193,14 @@ class SimLink:
             world.served_read(self.dst, lun)
             return data
 
-        return await self._exchange(f"READ {lun}@{offset}+{length}", run, None, True)  # type: ignore[no-any-return]
+        return await self._exchange(f"READ {lun}@{offset}+{length}", run, None, True)
 
     async def extents(self, target: str, lun: int, offset: int, length: int,
                       origin: str | None = None) -> list[Extent]:
         async def run(array: Array) -> list[Extent]:
-            return await self._volume(array, target, lun, offset, length).extents(offset, length)  # type: ignore[no-any-return]
+            return await self._volume(array, target, lun, offset, length).extents(offset, length)
 
-        return await self._exchange(f"EXTENTS {lun}", run, None, True)  # type: ignore[no-any-return]
+        return await self._exchange(f"EXTENTS {lun}", run, None, True)
 
     async def write(self, target: str, lun: int, offset: int, data: bytes | bytearray | memoryview,
                     fua: bool = False, origin: str | None = None) -> None:
@@ -219,6 +219,6 @@ class SimLink:
 
     async def open_volume(self, target: str, lun: int) -> VolumeInfo:
         async def run(array: Array) -> VolumeInfo:
-            return self._volume(array, target, lun, 0, 0).info  # type: ignore[no-any-return]
+            return self._volume(array, target, lun, 0, 0).info
 
-        return await self._exchange("OPEN_VOLUME", run, None, True)  # type: ignore[no-any-return]
+        return await self._exchange("OPEN_VOLUME", run, None, True)

@@ -73,7 +73,7 @@ class VirtualLoop(asyncio.BaseEventLoop):
         super().__init__()
         self._clock = clock
         self._on_step = on_step
-        self._selector = _VirtualSelector(clock)  # type: ignore[attr-defined]
+        self._selector = _VirtualSelector(clock)
 
     def time(self) -> float:
         return self._clock.now
@@ -108,14 +108,14 @@ def _task_factory(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any
 def patched_world(clock: VirtualClock, rng: random.Random) -> Iterator[None]:
     """Process-wide seams, for the duration of one run only (restored afterwards)."""
     saved = (time.time, time.time_ns, time.monotonic, secrets.randbits)
-    time.time = clock.wall  # type: ignore[assignment]
-    time.time_ns = lambda: int(clock.wall() * 1e9)  # type: ignore[assignment]
-    time.monotonic = lambda: clock.now  # type: ignore[assignment]
+    time.time = clock.wall
+    time.time_ns = lambda: int(clock.wall() * 1e9)
+    time.monotonic = lambda: clock.now
     secrets.randbits = rng.getrandbits  # type: ignore[assignment]
     try:
         yield
     finally:
-        time.time, time.time_ns, time.monotonic, secrets.randbits = saved  # type: ignore[assignment]
+        time.time, time.time_ns, time.monotonic, secrets.randbits = saved
 
 
 def run_virtual(main: Callable[[], Coroutine[Any, Any, T]], clock: VirtualClock, rng: random.Random,

@@ -11,7 +11,7 @@ for the k-th unjournaled write after sequence number ``seq``.
 from __future__ import annotations
 
 import struct
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
 from .disk import BLOCK
@@ -36,7 +36,7 @@ class HostWrite:
     submit: int  # event number when the host sent it
     end: int = 0  # event number of the answer, or of the crash that ended it; 0 while in flight
     acked: bool = False
-    key: int = -1  # place in its era's order (-1: not journal-ordered)
+    ordered: bool = False  # its place in a journal group's order is recorded
 
     def payload(self, node_id: int) -> bytes:
         out = bytearray()
@@ -52,22 +52,25 @@ class _Hist:
 
 
 class Era:
-    """One primary journal's order of writes (volume = the P-VOL LUN)."""
+    """One primary journal's order of block contents (volume = the P-VOL LUN).
+
+    An entry is (key, volume, first block, the tag of each block): a host write, or a chunk of
+    P-VOL content the primary re-journals after an unclean stop (many tags)."""
 
     def __init__(self, node: str, epoch: int) -> None:
         self.node = node
         self.epoch = epoch
-        self.order: list[HostWrite] = []
+        self.entries: list[tuple[int, int, int, list[int]]] = []  # ascending key
         self.keys: list[int] = []
-        self.key_of: dict[int, int] = {}  # tag -> order key
         self.hist: dict[int, dict[int, _Hist]] = {}  # volume -> block -> history
         self.max_seq = 0
         self.sub = 0
-        self.ghosts: set[int] = set()  # tags of journaled writes the journal lost in a crash
+        self.ghosts: set[tuple[int, int, int]] = set()  # (volume, block, tag) of entries a crash lost
         self.copy_mark = 0  # the order key current when a copy last read a P-VOL
         self.version = 0  # bumped when history is rewritten (a crash truncated it)
+        self.journal: object = None  # the journal object whose reservations are recorded now
 
-    def add(self, w: HostWrite, seq: int | None) -> None:
+    def add(self, seq: int | None, vol: int, block: int, tags: list[int]) -> None:
         if seq is None:
             self.sub += 1
             key = (self.max_seq << SUB) | self.sub
@@ -75,66 +78,70 @@ class Era:
             self.max_seq = max(self.max_seq, seq)
             self.sub = 0
             key = seq << SUB
-        self._insert(w, key)
+        self._insert(key, vol, block, tags)
 
-    def _insert(self, w: HostWrite, key: int) -> None:
-        w.key = key
+    def _insert(self, key: int, vol: int, block: int, tags: list[int]) -> None:
         i = bisect_left(self.keys, key)
         self.keys.insert(i, key)
-        self.order.insert(i, w)
-        self.key_of[w.tag] = key
-        vol = self.hist.setdefault(w.vol, {})
-        for b in range(w.block, w.block + w.nblocks):
-            h = vol.get(b)
+        self.entries.insert(i, (key, vol, block, tags))
+        hv = self.hist.setdefault(vol, {})
+        for k, t in enumerate(tags):
+            h = hv.get(block + k)
             if h is None:
-                h = vol[b] = _Hist()
+                h = hv[block + k] = _Hist()
             j = bisect_left(h.keys, key)
             h.keys.insert(j, key)
-            h.tags.insert(j, w.tag)
+            h.tags.insert(j, t)
 
-    def _remove(self, w: HostWrite) -> None:
-        i = bisect_left(self.keys, w.key)
-        del self.keys[i], self.order[i]
-        self.key_of.pop(w.tag, None)
-        vol = self.hist[w.vol]
-        for b in range(w.block, w.block + w.nblocks):
-            h = vol[b]
-            j = h.tags.index(w.tag)
-            del h.keys[j], h.tags[j]
-            if not h.keys:
-                del vol[b]
-
-    def truncate(self, next_seq: int) -> list[HostWrite]:
+    def truncate(self, next_seq: int) -> int:
         """After a restart the journal holds entries below ``next_seq`` only: later journaled
-        writes are gone (ghosts); later unjournaled ones move to just after ``next_seq - 1``."""
+        entries are gone (ghosts); later unjournaled writes move to just after ``next_seq - 1``.
+        Returns how many entries were lost."""
         start = bisect_left(self.keys, next_seq << SUB)
-        tail = self.order[start:]
-        if not tail:
-            self.max_seq = min(self.max_seq, next_seq - 1)
-            return []
-        for w in tail:
-            self._remove(w)
+        tail = self.entries[start:]
+        del self.entries[start:], self.keys[start:]
+        for vol, hv in self.hist.items():
+            for b in [b for b, h in hv.items() if h.keys and h.keys[-1] >= next_seq << SUB]:
+                h = hv[b]
+                j = bisect_left(h.keys, next_seq << SUB)
+                del h.keys[j:], h.tags[j:]
+                if not h.keys:
+                    del hv[b]
         self.max_seq = next_seq - 1
-        self.sub = self.keys[-1] & ((1 << SUB) - 1) if self.keys and self.keys[-1] >> SUB == self.max_seq else 0
-        lost = []
-        for w in tail:
-            if w.key & ((1 << SUB) - 1):
-                self.add(w, None)
+        last = self.keys[-1] if self.keys else 0
+        self.sub = last & ((1 << SUB) - 1) if last >> SUB == self.max_seq else 0
+        lost = 0
+        for key, vol, block, tags in tail:
+            if key & ((1 << SUB) - 1):
+                self.add(None, vol, block, tags)
             else:
-                self.ghosts.add(w.tag)
-                w.key = -1
-                lost.append(w)
-        self.version += 1
+                self.ghosts.update((vol, block + k, t) for k, t in enumerate(tags))
+                lost += 1
+        if tail:
+            self.version += 1
         return lost
 
-    def expected(self, vol: int, block: int, prefix: int) -> int | None:
-        """The tag block ``block`` holds after the writes up to ``prefix``; None: no era write."""
+    def first_key(self, vol: int, block: int, tag: int) -> int:
+        """The earliest place in the order where ``block`` got ``tag``; -1 if it never did."""
+        h = self.hist.get(vol, {}).get(block)
+        if h is not None:
+            for k, t in zip(h.keys, h.tags, strict=True):
+                if t == tag:
+                    return k
+        return -1
+
+    def expected(self, vol: int, block: int, prefix: int) -> tuple[int, int] | None:
+        """(tag, key) block ``block`` holds after the entries up to order key ``prefix``; None: no entry."""
         h = self.hist.get(vol, {}).get(block)
         if h is None:
             return None
-        i = bisect_left(h.keys, (prefix + 1) << SUB)
-        return h.tags[i - 1] if i else None
+        i = bisect_right(h.keys, prefix)
+        return (h.tags[i - 1], h.keys[i - 1]) if i else None
 
-    def writes_between(self, lo: int, hi: int) -> list[HostWrite]:
-        """Era writes with lo < seq <= hi (their blocks change meaning when the prefix moves)."""
-        return self.order[bisect_left(self.keys, (lo + 1) << SUB):bisect_left(self.keys, (hi + 1) << SUB)]
+    def ghost(self, vol: int, block: int, tag: int) -> bool:
+        return (vol, block, tag) in self.ghosts and self.first_key(vol, block, tag) < 0
+
+    def blocks_between(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """(volume, block) of entries with lo < key <= hi (their meaning moves with the prefix)."""
+        a, b = bisect_right(self.keys, lo), bisect_right(self.keys, hi)
+        return [(vol, block + k) for _key, vol, block, tags in self.entries[a:b] for k in range(len(tags))]

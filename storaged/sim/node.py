@@ -17,8 +17,15 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from ..array.array import Array
-from ..config import (ArrayConfig, IscsiConfig, LunConfig, PeerConfig, RemoteConfig, ReplicationConfig,
-                      TargetConfig)
+from ..config import (
+    ArrayConfig,
+    IscsiConfig,
+    LunConfig,
+    PeerConfig,
+    RemoteConfig,
+    ReplicationConfig,
+    TargetConfig,
+)
 from .disk import DiskHandle, SimDisk
 from .link import SimLink
 from .loop import NODE

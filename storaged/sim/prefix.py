@@ -2,15 +2,15 @@
 P-VOLs' contents after some prefix of the primary's write order.
 
 Checked after every change of an S-VOL disk, incrementally: the prefix P is the highest place in
-the era's order any S-VOL block shows; a block is right when it holds the last era write at or
-before P that covers it (or, if there is none, no era write at all). Only the blocks that changed
+the era's order (an order key) any S-VOL block shows, or the secondary's restored sequence
+number if that is higher; a block is right when it holds the last era entry at or before P that
+covers it (or, if there is none, no era entry at all). Only the blocks that changed
 and those whose expected write moves with P are looked at again.
 """
 
 from __future__ import annotations
 
 import heapq
-from itertools import repeat
 
 from .disk import BLOCK, SimDisk
 from .model import SUB, Era, describe
@@ -21,7 +21,7 @@ class PrefixWatch:
         self.era = era
         self.version = era.version
         self.svols = svols  # P-VOL LUN (the era's volume number) -> S-VOL disk
-        self.seq: dict[int, list[int]] = {}  # volume -> per block: the prefix its tag implies (-1: none)
+        self.seq: dict[int, list[int]] = {}  # volume -> per block: the order key its tag implies (-1: none)
         self.count: dict[int, int] = {}
         self.heap: list[int] = []
         self.prefix = -1
@@ -50,25 +50,25 @@ class PrefixWatch:
             heapq.heappop(self.heap)
         return -self.heap[0] if self.heap else -1
 
+    def _key(self, vol: int, b: int, tag: int) -> int:
+        return self.era.first_key(vol, b, tag) if tag else -1
+
     def full(self) -> None:
-        key_of = self.era.key_of
         self.count.clear()
         self.heap.clear()
         self.bad.clear()
         self.dirty.clear()
         for vol, disk in self.svols.items():
-            tags = disk.tags()
-            keys = list(map(key_of.get, tags, repeat(-1)))
-            self.seq[vol] = [-1 if k < 0 else k >> SUB for k in keys]
-            for s in self.seq[vol]:
+            hv = self.era.hist.get(vol, {})
+            self.seq[vol] = seqs = [-1] * (disk.size // BLOCK)
+            for b in hv:
+                seqs[b] = s = self._key(vol, b, self._tag(vol, b))
                 if s >= 0:
                     self.count[s] = self.count.get(s, 0) + 1
-            ghosts = self.era.ghosts.intersection(tags) if self.era.ghosts else ()
-            touched = set(self.era.hist.get(vol, {}))
-            touched.update(b for b, k in enumerate(keys) if k >= 0)
-            if ghosts:
-                touched.update(b for b, t in enumerate(tags) if t in ghosts)
-            self.dirty.update((vol, b) for b in touched)
+            self.dirty.update((vol, b) for b in hv)
+            if self.era.ghosts:
+                ghost_blocks = {b for v, b, _t in self.era.ghosts if v == vol}
+                self.dirty.update((vol, b) for b in ghost_blocks if b < len(seqs))
         self.heap = [-s for s in self.count if self.count[s] > 0]
         heapq.heapify(self.heap)
         self.prefix = self._max()
@@ -76,39 +76,37 @@ class PrefixWatch:
     def changed(self, vol: int, offset: int, length: int) -> None:
         if vol not in self.seq:
             return
-        key_of = self.era.key_of
         for b in range(offset // BLOCK, (offset + length + BLOCK - 1) // BLOCK):
-            k = key_of.get(self._tag(vol, b), -1)
-            self._set(vol, b, -1 if k < 0 else k >> SUB)
+            self._set(vol, b, self._key(vol, b, self._tag(vol, b)))
             self.dirty.add((vol, b))
 
     def check(self, claim: int = -1) -> dict[tuple[int, int], str]:
         """Re-evaluate what may have changed; returns the blocks that are wrong now. ``claim`` is
-        the prefix the secondary says it has restored: the S-VOLs must be at least there."""
+        the sequence number the secondary says it has restored: the S-VOLs must be at least there."""
         if self.version != self.era.version:
             self.version = self.era.version
             self.full()
-        p = max(self._max(), claim)
+        p = max(self._max(), claim << SUB if claim >= 0 else -1)
         if p != self.prefix:
             lo, hi = min(p, self.prefix), max(p, self.prefix)
-            for w in self.era.writes_between(lo, hi):
-                if w.vol in self.seq:
-                    self.dirty.update((w.vol, b) for b in range(w.block, w.block + w.nblocks))
+            self.dirty.update(vb for vb in self.era.blocks_between(lo, hi) if vb[0] in self.seq)
             self.prefix = p
         era = self.era
         for vol, b in self.dirty:
             t = self._tag(vol, b)
             why = ""
-            if t in era.ghosts:
+            if era.ghost(vol, b, t):
                 why = f"holds write {t}, which the primary's journal lost in a crash"
             else:
                 exp = era.expected(vol, b, p)
                 if exp is None:
-                    if t in era.key_of:
-                        why = f"holds write {t} ({describe(era.key_of[t])}) though no write before prefix {p}"
-                elif t != exp:
-                    got = f"write {t} ({describe(era.key_of[t])})" if t in era.key_of else f"tag {t} (not of this era)"
-                    why = f"holds {got}, prefix {p} needs write {exp} ({describe(era.key_of[exp])})"
+                    k = era.first_key(vol, b, t)
+                    if k >= 0:
+                        why = f"holds write {t} ({describe(k)}) though no write up to {describe(p)}"
+                elif t != exp[0]:
+                    k = era.first_key(vol, b, t)
+                    got = f"write {t} ({describe(k)})" if k >= 0 else f"tag {t} (not of this era)"
+                    why = f"holds {got}; the prefix up to {describe(p)} needs write {exp[0]} ({describe(exp[1])})"
             if why:
                 self.bad[(vol, b)] = why
             else:

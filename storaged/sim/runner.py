@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from .link import NetFaults
-from .loop import Stalled, VirtualClock, run_virtual
+from .loop import Stalled, run_virtual
 from .plan import Options, Plan, draw_plan
 from .scenario import Scenario
 from .world import World

@@ -115,7 +115,7 @@ class Scenario:
         hosts.cancel()
 
     async def chaos(self) -> None:
-        w, rng = self.world, self.world.rng
+        rng = self.world.rng
         weights = self.plan.weights
         actions = sorted(weights)
         loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ see them).
 from __future__ import annotations
 
 import contextlib
+import functools
 import contextvars
 import hashlib
 import random
@@ -18,8 +19,8 @@ from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..repl.model import Group
 from ..repl.journal import PrimaryJournal, Reservation
+from ..repl.model import Group
 from ..repl.primary import WriteOrder
 from .disk import BLOCK, SimDisk
 from .link import NetFaults, SimNet
@@ -134,8 +135,8 @@ class World:
                 world._unjournaled(order)
             return res
 
-        PrimaryJournal.reserve = reserve_hook  # type: ignore[method-assign]
-        WriteOrder._reserve = order_reserve_hook  # type: ignore[method-assign]
+        PrimaryJournal.reserve = reserve_hook  # type: ignore[method-assign,assignment]
+        WriteOrder._reserve = order_reserve_hook  # type: ignore[method-assign,assignment]
         try:
             yield
         finally:
@@ -150,16 +151,28 @@ class World:
 
     def _reserved(self, j: PrimaryJournal, r: Reservation) -> None:
         node = NODE.get()
-        w = self.writes.get(int.from_bytes(bytes(r.data[:8]), "little")) if len(r.data) >= 8 else None
-        if node is None or w is None or w.node != node.name or w.key >= 0:
+        if node is None or len(r.data) < BLOCK:
             return
-        self.era(node.name, j.sb.epoch).add(w, r.seq)
+        era = self.era(node.name, j.sb.epoch)
+        if era.journal is not j:  # a reopened journal: what it did not find is gone
+            if era.journal is not None:
+                lost = era.truncate(r.seq)
+                if lost:
+                    self.trace(f"{node.name}: journal reopened at seq {r.seq}; {lost} journaled entries gone")
+            era.journal = j
+        data = bytes(r.data)
+        tags = [int.from_bytes(data[i:i + 8], "little") for i in range(0, len(data) - BLOCK + 1, BLOCK)]
+        era.add(r.seq, r.volume, r.offset // BLOCK, tags)
+        w = HOST_WRITE.get()
+        if w is not None:
+            w.ordered = True
 
     def _unjournaled(self, order: WriteOrder) -> None:
         node, w = NODE.get(), HOST_WRITE.get()
-        if node is None or w is None or w.key >= 0:
+        if node is None or w is None or w.ordered:
             return
-        self.era(node.name, order.journal.sb.epoch).add(w, None)
+        w.ordered = True
+        self.era(node.name, order.journal.sb.epoch).add(None, w.vol, w.block, [w.tag] * w.nblocks)
 
     def served_read(self, node: str, lun: int) -> None:
         """A copy read a P-VOL: the S-VOL is consistent only once restored past this point."""
@@ -182,7 +195,7 @@ class World:
         self.nodes[node.name] = node
         self.node_ids[node.name] = len(self.node_ids) + 1
         for lun, disk in node.disks.items():
-            disk.watchers.append(lambda off, n, name=node.name, lun=lun: self.disk_changed(name, lun, off, n))
+            disk.watchers.append(functools.partial(self.disk_changed, node.name, lun))
 
     # --- group state -------------------------------------------------------------------------------
 
@@ -219,10 +232,21 @@ class World:
         arr = node.array
         j = arr.repl.journals.get(GROUP)
         if g is not None and g.role == "primary" and j is not None:
+            era = self.era(node.name, j.sb.epoch)
+            if era.journal is not j:
+                nxt = int(j.status()["next_seq"])
+                if era.journal is not None:
+                    lost = era.truncate(nxt)
+                    if lost:
+                        self.trace(f"{node.name}: journal reopened at seq {nxt}; {lost} journaled entries gone")
+                era.journal = j
+            peer = self.nodes[node.peer]
+            pg = peer.array.repl.groups.get(GROUP) if peer.array is not None else None
             nxt = int(j.status()["next_seq"])
-            lost = self.era(node.name, j.sb.epoch).truncate(nxt)
-            if lost:
-                self.trace(f"{node.name}: journal reopened at seq {nxt}; {len(lost)} journaled writes gone")
+            if pg is not None and pg.role == "secondary" and pg.epoch == j.sb.epoch and pg.read_seq > nxt:
+                self.violation("secondary-ahead-of-primary",
+                               f"{node.name} restarted with its journal at seq {nxt}, but {peer.name} has already "
+                               f"acquired up to seq {pg.read_seq - 1}: it holds writes the primary lost")
         if g is not None and g.role == "secondary":
             for (name, _lun), ledger in self.ledgers.items():
                 if name == node.name:
@@ -237,7 +261,6 @@ class World:
 
     def check_durable(self, node: SimNode, lun: int, table: dict[int, HostWrite], kind: str) -> None:
         disk = node.disks[lun]
-        era_ghosts = set().union(*(e.ghosts for e in self.eras.values() if e.node == node.name))
         for b, req in sorted(table.items()):
             t = int.from_bytes(disk.cur[b * BLOCK:b * BLOCK + 8], "little")
             w = self.writes.get(t)
@@ -248,11 +271,18 @@ class World:
             self.violation(k, f"{node.name} LUN {lun} block {b}: write {req.tag} ({'FUA' if req.fua else 'acked'},"
                               f" sent at event {req.submit}) is gone; the block holds {what}")
             return
-        for b in range(disk.size // BLOCK):
-            if era_ghosts and int.from_bytes(disk.cur[b * BLOCK:b * BLOCK + 8], "little") in era_ghosts:
-                t = int.from_bytes(disk.cur[b * BLOCK:b * BLOCK + 8], "little")
+        g = self.group(node)
+        j = node.array.repl.journals.get(GROUP) if g is not None and g.role == "primary" else None
+        if j is None:
+            return
+        era = self.era(node.name, j.sb.epoch)
+        dirty = set(g.dirty.get(str(lun), [])) if g is not None else set()
+        for v, b, t in sorted(era.ghosts):
+            if v == lun and disk.tags(b * BLOCK, BLOCK)[0] == t and era.first_key(v, b, t) < 0 \
+                    and (b * BLOCK) >> 20 not in dirty:
                 self.violation("pvol-ahead-of-journal", f"{node.name} LUN {lun} block {b} holds write {t}, whose "
-                                                        "journal entry the restart did not find")
+                                                        "journal entry the restart did not find (and no bitmap "
+                                                        "region covers it)")
                 return
 
     def ledger(self, node: str, lun: int) -> Ledger:
@@ -269,6 +299,10 @@ class World:
         me = self.nodes[w.node]
         other = self.nodes[me.peer]
         g, og = self.group(me), self.group(other)
+        if g is not None and w.vol not in (g.pvols() if g.role == "primary" else [p.svol for p in g.pairs]):
+            g = None  # this LUN is not (yet) in the group
+        if og is not None and w.vol not in (og.pvols() if og.role == "primary" else [p.svol for p in og.pairs]):
+            og = None
         if g is not None and g.role == "secondary" and g.state != "SSWS" and not (g.state == "PSUS" and g.writable):
             self.violation("svol-accepted-write", f"{me.name} acknowledged write {w.tag} to LUN {w.vol} while its "
                                                   f"group is secondary in {g.state}")
@@ -286,7 +320,7 @@ class World:
             old, gen = lic
             if self.nodes[old].gen == gen:
                 return  # takeover while the primary was unreachable; not restarted since
-            why = f"{old} restarted after the takeover and took a write before its role was confirmed"
+            why = f"{old} restarted after the takeover and its P-VOL is writable again (role not confirmed)"
         elif sg.role == "secondary" and sg.state == "SSWS":
             why = "the takeover was not licensed (the primary was reachable)"
         else:
@@ -305,6 +339,9 @@ class World:
         era = self.eras.get((g.peer, g.epoch))
         if era is None:
             self._watch = self._watch_key = None
+            return
+        if g.state == "PSUS" and (g.restored_seq - 1) << SUB < era.copy_mark:
+            self._watch = self._watch_key = None  # split during (or right after) a copy: never consistent
             return
         key = (sec.name, sec.gen, id(g), era, tuple((p.pvol, p.svol) for p in g.pairs))
         if self._watch is None or self._watch_key != key:
