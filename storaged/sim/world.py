@@ -11,8 +11,8 @@ see them).
 from __future__ import annotations
 
 import contextlib
-import functools
 import contextvars
+import functools
 import hashlib
 import random
 from collections import deque
