@@ -10,7 +10,7 @@ from __future__ import annotations
 
 TRANSITIONS: frozenset[tuple[str, str]] = frozenset({
     ("SMPL", "COPY"),
-    ("COPY", "PAIR"),
+    ("COPY", "PAIR"), ("PAIR", "COPY"),  # paircreate of one more pair in the group
     ("PAIR", "PSUS"), ("COPY", "PSUS"),
     ("PAIR", "PSUE"), ("COPY", "PSUE"), ("PSUS", "PSUE"),
     ("PSUS", "COPY"), ("PSUE", "COPY"),
