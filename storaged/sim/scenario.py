@@ -100,7 +100,9 @@ class Scenario:
         for n in w.nodes.values():
             await n.boot()
             w.booted(n)
+        w.net.enabled = False  # the pair forms first; a lost paircreate reply is the delete class's
         await self.create_pairs("site-a")
+        w.net.enabled = True
         hosts = asyncio.get_running_loop().create_task(self.hosts.run())
         try:
             await self.chaos()
