@@ -119,6 +119,7 @@ class FakeTransport:
         self.closed = False
         self.reading = True
         self.pauses = 0
+        self.aborted = False
 
     def writelines(self, bufs: list[Any]) -> None:
         for b in bufs:
@@ -132,6 +133,10 @@ class FakeTransport:
             self.closed = True
             if self.protocol is not None:
                 asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.close()
 
     def is_closing(self) -> bool:
         return self.closed
