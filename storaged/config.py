@@ -99,6 +99,10 @@ class RemoteConfig:
     peers: tuple[PeerConfig, ...] = ()
     io_timeout: float = 10.0
     keepalive: float = 2.0
+    #: connections to the listener still in the handshake at once; more are closed at once
+    max_unauthenticated: int = 16
+    #: seconds a connection may take to authenticate
+    handshake_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,7 +358,14 @@ def _remote(r: _Reader) -> RemoteConfig:
     keepalive = float(r.get("keepalive", float, 2.0))
     if not 0.1 <= io_timeout <= 600:
         raise r.error("io_timeout", "must be 0.1..600 seconds")
-    cfg = RemoteConfig(listen=listen, peers=tuple(peers), io_timeout=io_timeout, keepalive=keepalive)
+    max_unauth = int(r.get("max_unauthenticated", int, 16))
+    if not 1 <= max_unauth <= 4096:
+        raise r.error("max_unauthenticated", "must be 1..4096")
+    handshake_timeout = float(r.get("handshake_timeout", float, 10.0))
+    if not 0.5 <= handshake_timeout <= 120:
+        raise r.error("handshake_timeout", "must be 0.5..120 seconds")
+    cfg = RemoteConfig(listen=listen, peers=tuple(peers), io_timeout=io_timeout, keepalive=keepalive,
+                       max_unauthenticated=max_unauth, handshake_timeout=handshake_timeout)
     r.finish()
     return cfg
 
