@@ -89,6 +89,9 @@ class ReplicationConfig:
     #: "delay" the writes up to ``delay_limit`` seconds waiting for room, then suspend
     journal_full: str = "suspend"
     delay_limit: float = 5.0
+    #: a primary that restarts takes no host write until its peer confirms it is still the
+    #: primary (or an operator runs ``hostctl pairrelease``): the peer may have taken over
+    restart_fence: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,8 +466,9 @@ def _replication(r: _Reader) -> ReplicationConfig:
     limit = float(r.get("delay_limit", float, d.delay_limit))
     if not 0 <= limit <= 600:
         raise r.error("delay_limit", "must be 0..600 seconds")
+    fence = bool(r.get("restart_fence", bool, d.restart_fence))
     r.finish()
-    return ReplicationConfig(interval, policy, limit)
+    return ReplicationConfig(interval, policy, limit, fence)
 
 
 def parse_config(data: Any, source: str) -> ArrayConfig:

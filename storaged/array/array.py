@@ -187,6 +187,10 @@ class Array:
         rec = self.luns.get((tname, lun))
         if rec is None or rec.lu is None:
             return None
+        refusal = self.repl.link_access(peer, tname, lun)
+        if refusal:
+            log.warning("peer %s refused LUN %d of %s: %s", peer, lun, tname, refusal)
+            return None
         lu = rec.lu
         info = VolumeInfo(tname, lun, lu.num_blocks * lu.block_size, lu.block_size, lu.thin,
                           rec.cfg.command_device is not None, rec.identity.naa.hex())
@@ -294,7 +298,8 @@ class Array:
         portal = self.portal((host, port))
         self.iscsi = IscsiServer(portal, dict(self.targets), queue_depth=ic.queue_depth,
                                  nop_interval=ic.nop_interval, nop_timeout=ic.nop_timeout,
-                                 login_timeout=ic.login_timeout)
+                                 login_timeout=ic.login_timeout, session_write_budget=ic.session_write_budget,
+                                 array_write_budget=ic.array_write_budget, array_tasks=ic.array_tasks)
         bound = await self.iscsi.start(host, port)
         if not ic.advertise:
             portal.addresses[:] = [f"{bound[0]}:{bound[1]}"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import logging
 import os
 from dataclasses import asdict
@@ -36,6 +37,8 @@ class ReplicationCore:
         self.interval = self.cfg.interval
         self.path = os.path.join(array.cfg.data_dir, "replication.json")
         self.groups: dict[str, Group] = {}
+        self._table_lock = threading.Lock()
+        self._table_version = self._table_written = 0
         self.journals: dict[str, PrimaryJournal] = {}
         self.orders: dict[str, WriteOrder] = {}
         self.secondary_journal: dict[str, Superblock] = {}
@@ -48,13 +51,30 @@ class ReplicationCore:
         self._to_be_read: dict[str, int] = {}
         self._to_be_restored: dict[str, int] = {}
         #: regions a resync must copy, per group and P-VOL (held until the copy is done)
-        self._resync_regions: dict[str, dict[int, list[tuple[int, int]]]] = {}
 
     # --- persistence ---------------------------------------------------------------------------
 
     def save(self) -> None:
-        data = {"groups": {name: asdict(g) for name, g in self.groups.items()}}
-        atomic_write_json(self.path, data)
+        """Persist the table now (atomic: temp file, fsync, rename, fsync of the directory)."""
+        self._write_table(self._snapshot())
+
+    async def save_async(self) -> None:
+        """Persist the table from a worker thread, for callers on the I/O path. Snapshots are
+        numbered on the event loop and written in a thread under one lock, so an older snapshot
+        never lands after a newer one."""
+        await asyncio.to_thread(self._write_table, self._snapshot())
+
+    def _snapshot(self) -> tuple[int, dict[str, Any]]:
+        self._table_version += 1
+        return self._table_version, {"groups": {name: asdict(g) for name, g in self.groups.items()}}
+
+    def _write_table(self, snap: tuple[int, dict[str, Any]]) -> None:
+        version, data = snap
+        with self._table_lock:
+            if version < self._table_written:
+                return  # a newer table is already on disk
+            atomic_write_json(self.path, data)
+            self._table_written = version
 
     def _load(self) -> None:
         if not os.path.exists(self.path):
@@ -69,21 +89,41 @@ class ReplicationCore:
 
     # --- LUN access ----------------------------------------------------------------------------
 
-    def _lu(self, lun: int, what: str) -> LogicalUnit:
-        tname = self.array.cfg.targets[0].name
+    def _tname(self, target: str) -> str:
+        """A group's target on this array ("" = the first, as tables written before targets were
+        recorded assume)."""
+        return target or self.array.cfg.targets[0].name
+
+    def _lu(self, lun: int, what: str, target: str = "") -> LogicalUnit:
+        tname = self._tname(target)
         rec = self.array.luns.get((tname, lun))
         if rec is None or rec.lu is None:
-            raise CommandError(ResultStatus.BAD_PARAMETER, f"{what}: LUN {lun} does not exist on {self.array.name}")
+            raise CommandError(ResultStatus.BAD_PARAMETER,
+                               f"{what}: LUN {lun} of target {tname} does not exist on {self.array.name}")
         if rec.cfg.kind != "data":
             raise CommandError(ResultStatus.BAD_PARAMETER, f"{what}: LUN {lun} is a {rec.cfg.kind}, not a data LUN")
         return rec.lu
 
-    def _used_luns(self) -> set[int]:
-        used: set[int] = set()
+    def _used_luns(self) -> dict[tuple[str, int], str]:
+        """(target, LUN) of every volume and journal a group uses on this array -> the group."""
+        used: dict[tuple[str, int], str] = {}
         for g in self.groups.values():
-            used |= {g.pjnl if g.role == "primary" else g.sjnl}
-            used |= {p.pvol if g.role == "primary" else p.svol for p in g.pairs}
+            t = self._tname(g.target)
+            used[(t, g.pjnl if g.role == "primary" else g.sjnl)] = g.name
+            for p in g.pairs:
+                used[(t, p.pvol if g.role == "primary" else p.svol)] = g.name
         return used
+
+    def link_access(self, peer: str, target: str, lun: int) -> str:
+        """Why ``peer`` may not use this LUN over the remote link ("" = it may): the volumes and
+        journals of a group are served to that group's peer only."""
+        name = self._used_luns().get((self._tname(target), lun))
+        if name is None:
+            return ""
+        g = self.groups.get(name)
+        if g is not None and g.peer != peer:
+            return f"LUN {lun} belongs to group {name}, paired with {g.peer}"
+        return ""
 
     @staticmethod
     def _inner(lu: LogicalUnit) -> Backstore:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..cmddev.block import ResultStatus
@@ -24,7 +25,8 @@ from .journal import (
     Superblock,
     decode_header,
 )
-from .model import Group, _wrong_state
+from .model import Group, _wrong_state, merge_ranges
+from .states import PRIMARY_WRITABLE, Event, State, allowed
 from .takeover import TakeoverRole
 
 log = logging.getLogger("storaged.repl")
@@ -37,17 +39,70 @@ class Replication(TakeoverRole):
 
     async def start(self) -> None:
         """Reload the table after a restart: reopen primary journals (redoing their tail on the
-        P-VOLs), protect S-VOLs, and resume the secondary's work."""
+        P-VOLs), protect S-VOLs, and resume the secondary's work. A primary that could take host
+        writes is fenced until its peer confirms it is still the primary (``restart_fence``):
+        while it was down the peer may have taken over, and a write accepted now would be lost."""
         self._load()
         for g in self.groups.values():
             if g.role == "primary":
                 await self._attach_primary(g, reopen=True)
+                if self.cfg.restart_fence and State(g.state) in PRIMARY_WRITABLE:
+                    g.awaiting_confirm = True
+                    self._primary_event(g, Event.FENCE, f"restarted: host writes wait until {g.peer} confirms "
+                                                        "this array is still the primary (or hostctl pairrelease)")
+                if g.awaiting_confirm:
+                    self._spawn_confirm(g)
             else:
                 self.secondary_journal[g.name] = Superblock(g.name, g.block_size, g.head, g.end, g.epoch)
                 self._protect(g)
-                if g.state == "SSWS":
+                if g.state == State.SSWS:
                     self._track_writes(g)
                 self._spawn(g)
+
+    def _spawn_confirm(self, g: Group) -> None:
+        key = f"confirm:{g.name}"
+        task = self._tasks.get(key)
+        if task is None or task.done():
+            self._tasks[key] = asyncio.get_running_loop().create_task(self._confirm_role(g), name=f"repl-{key}")
+
+    async def _confirm_role(self, g: Group) -> None:
+        """Ask the peer, until it answers, whether this array is still the group's primary; only a
+        yes lifts the restart fence. A peer that took over keeps it (the operator decides)."""
+        delay = 0.05
+        while self.groups.get(g.name) is g and g.awaiting_confirm:
+            try:
+                view = await self._call(g, "repl.peer_view", {"group": g.name}, timeout=5.0)
+            except CommandError as exc:
+                g.error = g.error.split(" [")[0] + f" [last try: {exc}]"
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            async with self.orders[g.name].lock:
+                if not g.awaiting_confirm or self.groups.get(g.name) is not g:
+                    return
+                g.awaiting_confirm = False
+                if view.get("role") == "secondary" and view.get("state") != State.SSWS:
+                    self._primary_event(g, Event.CONFIRM)
+                    log.warning("group %s: %s confirmed this array as the primary; host writes accepted (%s)",
+                                g.name, g.peer, g.state)
+                else:
+                    self._primary_event(g, Event.FENCE, f"{g.peer} is {view.get('role')} in {view.get('state')}: "
+                                                        "it took over while this array was down")
+                    log.error("group %s: stays fenced: %s", g.name, g.error)
+            return
+
+    async def release(self, name: str) -> dict[str, Any]:
+        """An operator lifts a fence by hand (``hostctl pairrelease``), e.g. when the peer is lost
+        for good: host writes resume, journaled or tracked as before the fence. Only for a fence
+        this array set itself on restart, or one its peer set; the operator owns the risk."""
+        g = self._group(name)
+        if g.role != "primary" or g.state != State.FENCED:
+            raise _wrong_state(g, "pairrelease", ("FENCED",))
+        async with self.orders[name].lock:
+            g.awaiting_confirm = False
+            self._primary_event(g, Event.RELEASE, f"released by an operator from: {g.error}")
+        log.warning("group %s: fence released by an operator; host writes accepted (%s)", name, g.state)
+        return {"group": name, "state": g.state}
 
     async def stop(self) -> None:
         for task in self._tasks.values():
@@ -58,44 +113,46 @@ class Replication(TakeoverRole):
             except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
                 pass
         self._tasks.clear()
+        for name, order in list(self.orders.items()):  # clean stop: durable, activity log empty
+            try:
+                await order.close()
+            except Exception:  # noqa: BLE001 - the next start recovers as after a crash
+                log.exception("group %s: clean close of the journal failed", name)
 
     # --- remote link calls (the secondary drives the primary) -----------------------------------
 
     async def handle_call(self, peer: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """A call from a peer array. Every method but the two that create or look up a group by
+        themselves acts only on a group whose peer is the caller (one peer cannot purge, fence or
+        delete another pair's group)."""
         try:
             if method == "repl.prepare_primary":
                 return await self.prepare_primary(peer, params)
-            if method == "repl.journal_status":
-                return await self.primary_status(str(params["group"]), params.get("at_pos"))
-            if method == "repl.purge":
-                return await self.purge(str(params["group"]), int(params["upto_pos"]), int(params["upto_seq"]))
-            if method == "repl.state":
-                g = self._primary(str(params["group"]))
-                if g.state != "PSUE" or params["state"] in ("PSUS", "SMPL"):
-                    g.set_state(str(params["state"]), str(params.get("error", "")))
-                    self.save()
-                return {"state": g.state}
-            if method == "repl.split":
-                return await self._primary_split(str(params["group"]))
-            if method == "repl.resync":
-                return await self._primary_resync(str(params["group"]))
-            if method == "repl.delete":
-                return await self._primary_delete(str(params["group"]))
-            if method == "repl.fence":
-                return await self._fence(str(params["group"]), str(params.get("why", "")))
-            if method == "repl.become_secondary":
-                return await self._become_secondary(peer, params)
             if method == "repl.forward":
-                return await self._forwarded(str(params["op"]), str(params["group"]), params)
-            if method == "repl.lost_writes":
-                return await self._lost_writes(str(params["group"]), int(params["from_seq"]))
+                return await self._forwarded(peer, str(params["op"]), str(params["group"]), params)
+            if method == "repl.peer_view":
+                return self._peer_view(peer, str(params["group"]))
+            handler = _PRIMARY_CALLS.get(method)
+            if handler is None:
+                raise RemoteError(Status.BAD_REQUEST, f"unknown method {method!r}")
+            g = self._primary(str(params["group"]), peer)
+            return await handler(self, g, params)
         except CommandError as exc:
             raise RemoteError(Status.WRONG_STATE if exc.status == ResultStatus.WRONG_STATE else Status.BAD_REQUEST,
                               str(exc)) from None
         except (KeyError, ValueError, TypeError) as exc:
             raise RemoteError(Status.BAD_REQUEST, f"{method}: bad parameters: {exc}") from None
-        raise RemoteError(Status.BAD_REQUEST, f"unknown method {method!r}")
 
+    def _peer_view(self, peer: str, name: str) -> dict[str, Any]:
+        """This array's side of a group, as its peer asks for it: a restarted primary confirms its
+        role with it, and a host's JOURNAL_PURGE on the primary is held to what is restored here."""
+        g = self.groups.get(name)
+        if g is None:
+            raise RemoteError(Status.NOT_FOUND, f"no group {name} on {self.array.name}")
+        if g.peer != peer:
+            raise RemoteError(Status.NOT_ALLOWED, f"group {name} on {self.array.name} is paired with {g.peer}")
+        return {"group": name, "role": g.role, "state": g.state, "restored_pos": g.restored_pos,
+                "restored_seq": g.restored_seq}
 
     # --- commands common to both sides ----------------------------------------------------------
 
@@ -139,7 +196,7 @@ class Replication(TakeoverRole):
         view["behind"] = {"entries": behind_entries, "bytes": behind_bytes}
         oldest = 0
         if g.restored_seq < g.read_seq:
-            hdr = decode_header(await self._inner(self._lu(g.sjnl, "secondary journal")).read(g.restored_pos, 512))
+            hdr = decode_header(await self._inner(self._lu(g.sjnl, "secondary journal", g.target)).read(g.restored_pos, 512))
             oldest = hdr.time_ns if hdr is not None else 0
         elif st["next_seq"] > g.read_seq:
             oldest = st.get("time_at_pos_ns") or st.get("oldest_time_ns", 0)
@@ -147,12 +204,14 @@ class Replication(TakeoverRole):
         view["primary_next_seq"] = st["next_seq"]
         return view
 
-    async def _forwarded(self, op: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    async def _forwarded(self, peer: str, op: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
         """A pair command the primary received from a host and passed on: the secondary runs it,
         since it drives the pair (so ``pairsplit`` works from either side, as with HORCM)."""
         g = self.groups.get(name)
         if g is None or g.role != "secondary":
             raise RemoteError(Status.NOT_FOUND, f"no secondary group {name} on {self.array.name}")
+        if g.peer != peer:
+            raise RemoteError(Status.NOT_ALLOWED, f"group {name} on {self.array.name} is paired with {g.peer}")
         try:
             if op == "split":
                 return await self.split(name, bool(params.get("rw", False)))
@@ -165,7 +224,7 @@ class Replication(TakeoverRole):
 
     async def split(self, name: str, rw: bool) -> dict[str, Any]:
         g = self._group(name)
-        if g.state not in ("PAIR", "COPY"):
+        if not allowed(g.state, Event.SPLIT):
             raise _wrong_state(g, "pairsplit", ("PAIR", "COPY"))
         if g.role == "primary":
             result = await self._call(g, "repl.forward", {"op": "split", "group": name, "rw": rw})
@@ -176,7 +235,7 @@ class Replication(TakeoverRole):
                 await self.restore(g)
                 await self.purge_primary(g)
             await self._call(g, "repl.split", {"group": name})
-            g.set_state("PSUS")
+            g.apply(Event.SPLIT)
             g.writable = rw
             self._protect(g)
             self.save()
@@ -184,11 +243,11 @@ class Replication(TakeoverRole):
 
     async def resync(self, name: str, force: bool, swap: bool = False) -> dict[str, Any]:
         g = self._group(name)
-        if swap or g.state == "SSWS":
+        if swap or g.state == State.SSWS:
             return await self.resync_swap(name, force)
         if g.role != "secondary":
             raise CommandError(ResultStatus.BAD_PARAMETER, "run pairresync on the S-VOL's array (the secondary)")
-        if g.state not in ("PSUS", "PSUE"):
+        if not allowed(g.state, Event.RESYNC):
             raise _wrong_state(g, "pairresync", ("PSUS", "PSUE"))
         if g.writable and not force:
             raise CommandError(ResultStatus.WRONG_STATE,
@@ -199,21 +258,24 @@ class Replication(TakeoverRole):
             await self.restore(g)
             await self.purge_primary(g)
             info = await self._call(g, "repl.resync", {"group": name})
+            if info.get("journal_restarted"):  # after a journal failure: it starts again, empty
+                g.read_pos = g.restored_pos = int(info["in_pos"])
+                g.read_seq = g.restored_seq = int(info["next_seq"])
             region = int(info["region"])
-            regions: dict[int, list[tuple[int, int]]] = {}
             for p in g.pairs:
                 dirty = info["dirty"].get(str(p.pvol), [])
-                regions[p.pvol] = [(r * region, min(region, p.size - r * region)) for r in dirty]
+                todo = [(r * region, min(region, p.size - r * region)) for r in dirty]
                 if g.writable:  # force: everything that may differ on the S-VOL side too
-                    regions[p.pvol] = [(0, p.size)]
-            self._resync_regions[name] = regions
+                    todo = [(0, p.size)]
+                left = g.copy_regions.get(str(p.pvol), [])  # a copy a suspension interrupted
+                g.copy_regions[str(p.pvol)] = merge_ranges(todo + [(int(a), int(n)) for a, n in left])
             g.writable = False
-            g.set_state("COPY")
+            g.apply(Event.RESYNC)
             self._protect(g)
             self.save()
             self._spawn(g)
         return {"group": name, "state": g.state,
-                "regions": {str(k): len(v) for k, v in regions.items()}}
+                "regions": {k: len(v) for k, v in g.copy_regions.items()}}
 
     async def delete(self, name: str) -> dict[str, Any]:
         g = self._group(name)
@@ -227,7 +289,7 @@ class Replication(TakeoverRole):
                 except CommandError as exc:
                     log.warning("group %s: primary not told of the delete: %s", name, exc)
                 for p in g.pairs:
-                    self._lu(p.svol, "S-VOL").write_protected = False
+                    self._lu(p.svol, "S-VOL", g.target).write_protected = False
             else:
                 try:  # the secondary un-protects its S-VOLs and tells us back
                     await self._call(g, "repl.forward", {"op": "delete", "group": name})
@@ -262,7 +324,7 @@ class Replication(TakeoverRole):
                     return {"result": "TIMEOUT", "seq": None, "restored_seq": g.restored_seq - 1}
                 await asyncio.sleep(0.2)
         while True:
-            if g.state in ("PSUE", "SMPL") or name not in self.groups:
+            if g.state in (State.PSUE, State.SMPL) or name not in self.groups:
                 return {"result": "BROKEN", "seq": seq, "restored_seq": g.restored_seq - 1}
             if g.restored_seq > seq:
                 return {"result": "DONE", "seq": seq, "restored_seq": g.restored_seq - 1}
@@ -276,3 +338,22 @@ class Replication(TakeoverRole):
                 pass
 
 
+
+
+async def _status(r: Replication, g: Group, p: dict[str, Any]) -> dict[str, Any]:
+    at = p.get("at_pos")
+    return await r.primary_status(g.name, None if at is None else int(at))
+
+
+#: calls the secondary of a group makes on its primary: (replication, group, params) -> reply
+_PRIMARY_CALLS: dict[str, Callable[[Replication, Group, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+    "repl.journal_status": _status,
+    "repl.purge": lambda r, g, p: r.purge(g.name, int(p["upto_pos"]), int(p["upto_seq"]), peer_checked=True),
+    "repl.copy_done": lambda r, g, p: r._primary_copy_done(g),
+    "repl.split": lambda r, g, p: r._primary_split(g.name),
+    "repl.resync": lambda r, g, p: r._primary_resync(g.name),
+    "repl.delete": lambda r, g, p: r._primary_delete(g.name),
+    "repl.fence": lambda r, g, p: r._fence(g.name, str(p.get("why", ""))),
+    "repl.become_secondary": lambda r, g, p: r._become_secondary(g.peer, p),
+    "repl.lost_writes": lambda r, g, p: r._lost_writes(g.name, int(p["from_seq"])),
+}

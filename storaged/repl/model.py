@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from ..cmddev.block import ResultStatus
 from ..cmddev.dispatch import CommandError
+from .states import Event, InvalidTransition, State, next_state
 
 
 @dataclass
@@ -52,7 +53,16 @@ class Group:
     read_seq: int = 1
     restored_time_ns: int = 0
     writable: bool = False  # S-VOL writable (split -rw, takeover)
-    fenced: bool = False  # primary: P-VOLs read-only because the peer took over
+    #: secondary in SSWS: the old primary has been fenced; primary: P-VOLs read-only (state FENCED)
+    fenced: bool = False
+    before_fence: str = ""  # primary: the state a CONFIRM or RELEASE returns to
+    awaiting_confirm: bool = False  # primary: fenced at restart until the peer confirms the role
+    #: this array's target holding the group's LUNs, and the peer's ("" = the array's first target)
+    target: str = ""
+    peer_target: str = ""
+    #: secondary: regions still to copy (resync), per P-VOL, as [offset, length]; persisted so that
+    #: neither a lost reply nor a restart loses them
+    copy_regions: dict[str, list[list[int]]] = field(default_factory=dict)
 
     def pvols(self) -> list[int]:
         return [p.pvol for p in self.pairs]
@@ -63,15 +73,37 @@ class Group:
                 return p.svol
         raise KeyError(pvol)
 
-    def set_state(self, state: str, error: str = "") -> None:
-        self.state = state
+    def apply(self, event: Event, error: str = "") -> State:
+        """Change state through the table (:mod:`.states`); refused with WRONG_STATE, and nothing
+        changed, if the table has no such change from the current state."""
+        try:
+            new = next_state(self.state, event, self.before_fence or None)
+        except InvalidTransition as exc:
+            raise CommandError(ResultStatus.WRONG_STATE, f"group {self.name}: {exc}") from None
+        if new == State.FENCED and self.state != State.FENCED:
+            self.before_fence = self.state
+        elif new != State.FENCED:
+            self.before_fence = ""
+        self.state = new.value
         self.error = error
         for p in self.pairs:
-            if not (state == "COPY" and p.state == "PAIR"):
-                p.state = state
+            if not (new == State.COPY and p.state == State.PAIR and event == Event.CREATE):
+                p.state = new.value
+        return new
 
 
 def _wrong_state(group: Group, what: str, allowed: tuple[str, ...]) -> CommandError:
     return CommandError(ResultStatus.WRONG_STATE,
                         f"group {group.name} is in {group.state}; {what} needs {' or '.join(allowed)}")
 
+
+
+def merge_ranges(ranges: list[tuple[int, int]]) -> list[list[int]]:
+    """(offset, length) ranges sorted and joined where they touch or overlap, as [offset, length]."""
+    out: list[list[int]] = []
+    for off, n in sorted(r for r in ranges if r[1] > 0):
+        if out and off <= out[-1][0] + out[-1][1]:
+            out[-1][1] = max(out[-1][1], off + n - out[-1][0])
+        else:
+            out.append([off, n])
+    return out

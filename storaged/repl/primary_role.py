@@ -7,6 +7,8 @@ import logging
 import time
 from typing import Any
 
+from ..cmddev.block import ResultStatus
+from ..cmddev.dispatch import CommandError
 from ..remote.api import RemoteError
 from ..remote.protocol import Status
 from .core import ReplicationCore
@@ -16,6 +18,8 @@ from .journal import (
     decode_header,
 )
 from .model import Group, Pair
+from .states import JOURNALING, PRIMARY_WRITABLE, Event, State
+from .activity import ActivityLog, recover_primary
 from .primary import REGION, JournaledStore, WriteOrder
 
 log = logging.getLogger("storaged.repl")
@@ -25,87 +29,114 @@ class PrimaryRole(ReplicationCore):
     # --- primary side ----------------------------------------------------------------------------
 
     async def _attach_primary(self, g: Group, reopen: bool) -> None:
-        jstore = self._inner(self._lu(g.pjnl, "primary journal"))
+        jstore = self._inner(self._lu(g.pjnl, "primary journal", g.target))
         if reopen:
-            journal, tail = await PrimaryJournal.open(jstore, g.name, g.out_pos, g.out_seq)
-            for e in tail:  # redo: a crash may have come between the journal and the volume write
-                store = self._inner(self._lu(e.volume, "P-VOL"))
-                if e.zero_length:
-                    await store.write_zeroes(e.offset, e.zero_length)
-                else:
-                    await store.write(e.offset, e.data)
-            if tail:
-                log.info("group %s: journal reopened, %d entries after journal-out redone on the P-VOLs", g.name, len(tail))
+            pvols = {p.pvol: self._inner(self._lu(p.pvol, "P-VOL", g.target)) for p in g.pairs}
+            rec = await recover_primary(jstore, g.name, g.out_pos, g.out_seq, pvols,
+                                        journaling=State(g.before_fence or g.state) in JOURNALING)
+            journal, activity = rec.journal, rec.activity
+            if rec.tail or rec.rejournaled:
+                log.info("group %s: journal reopened: %d entries redone on the P-VOLs, %d suspect extents "
+                         "re-journaled", g.name, len(rec.tail), rec.rejournaled)
+            for vol, regions in rec.unjournaled.items():  # no journal room: the bitmap carries them
+                g.dirty[str(vol)] = sorted(set(g.dirty.get(str(vol), [])) | regions)
         else:
-            journal = await PrimaryJournal.format(jstore, g.name, self._lu(g.pjnl, "primary journal").block_size)
+            journal = await PrimaryJournal.format(jstore, g.name, self._lu(g.pjnl, "primary journal", g.target).block_size)
+            activity = ActivityLog(journal)
             g.out_pos, g.out_seq = journal.ptr.out_pos, journal.ptr.out_seq
         self.journals[g.name] = journal
         order = WriteOrder(journal, lambda why, g=g: self._journal_full(g, why),
                            lambda vol, regions, g=g: self._dirty(g, vol, regions),
-                           delay_limit=self.cfg.delay_limit if self.cfg.journal_full == "delay" else 0.0)
-        order.journaling = g.state in ("COPY", "PAIR")
+                           delay_limit=self.cfg.delay_limit if self.cfg.journal_full == "delay" else 0.0,
+                           activity=activity)
         order.dirty = {int(k): set(v) for k, v in g.dirty.items()}
         self.orders[g.name] = order
         for p in g.pairs:
-            self._wrap(order, p.pvol)
-            if g.fenced:
-                self._lu(p.pvol, "P-VOL").write_protected = True
+            self._wrap(order, p.pvol, g.target)
+        self._enforce_primary(g)
+        if reopen and rec.unjournaled and State(g.state) in JOURNALING:
+            self._journal_full(g, "after an unclean stop the journal had no room for the suspect extents")
 
-    def _wrap(self, order: WriteOrder, pvol: int) -> None:
-        lu = self._lu(pvol, "P-VOL")
+    def _enforce_primary(self, g: Group) -> None:
+        """What the state means for host writes, in one place: journaled in COPY/PAIR, tracked in
+        the bitmap in PSUS/PSUE, refused (DATA PROTECT) when FENCED."""
+        state = State(g.state)
+        order = self.orders.get(g.name)
+        if order is not None:
+            order.journaling = state in JOURNALING
+        g.fenced = state not in PRIMARY_WRITABLE
+        for p in g.pairs:
+            self._lu(p.pvol, "P-VOL", g.target).write_protected = g.fenced
+
+    def _primary_event(self, g: Group, event: Event, error: str = "") -> None:
+        """A state change of a primary group: through the table, enforced, persisted."""
+        g.apply(event, error)
+        self._enforce_primary(g)
+        self.save()
+
+    def _wrap(self, order: WriteOrder, pvol: int, target: str) -> None:
+        lu = self._lu(pvol, "P-VOL", target)
         if not isinstance(lu.backstore, JournaledStore):
             lu.backstore = JournaledStore(lu.backstore, order, pvol)
 
-    def _unwrap(self, pvol: int) -> None:
-        lu = self._lu(pvol, "P-VOL")
+    def _unwrap(self, pvol: int, target: str) -> None:
+        lu = self._lu(pvol, "P-VOL", target)
         if isinstance(lu.backstore, JournaledStore):
             lu.backstore = lu.backstore.inner
 
     def _journal_full(self, g: Group, why: str) -> None:
-        log.error("group %s: %s; pairs suspended (PSUE), changes tracked in a bitmap", g.name, why)
-        g.set_state("PSUE", why)
-        self.save()
+        log.error("group %s: %s; pairs suspended, changes tracked in a bitmap", g.name, why)
+        self._primary_event(g, Event.FAIL, why)
 
-    def _dirty(self, g: Group, volume: int, regions: set[int]) -> None:
-        g.dirty.setdefault(str(volume), [])
-        g.dirty[str(volume)] = sorted(set(g.dirty[str(volume)]) | regions)
-        self.save()
+    async def _dirty(self, g: Group, volume: int, regions: set[int]) -> None:
+        """Regions written while suspended, made durable before the write that dirties them (off
+        the event loop: two fsyncs per new region)."""
+        g.dirty[str(volume)] = sorted(set(g.dirty.get(str(volume), [])) | regions)
+        await self.save_async()
 
     async def prepare_primary(self, peer: str, params: dict[str, Any]) -> dict[str, Any]:
         name, pvol, pjnl = str(params["group"]), int(params["pvol"]), int(params["pjnl"])
         sjnl, svol = int(params["sjnl"]), int(params["svol"])
+        target, peer_target = str(params.get("target", "")), str(params.get("peer_target", ""))
         async with self.lock(name):
             g = self.groups.get(name)
-            lu = self._lu(pvol, "P-VOL")
+            lu = self._lu(pvol, "P-VOL", g.target if g is not None else target)
+            used = self._used_luns()
             if g is None:
-                if pvol in self._used_luns() or pjnl in self._used_luns() or pvol == pjnl:
+                self._lu(pjnl, "primary journal", target)
+                t = self._tname(target)
+                if (t, pvol) in used or (t, pjnl) in used or pvol == pjnl:
                     raise RemoteError(Status.BAD_REQUEST, f"LUN {pvol} or {pjnl} is already used by a group")
-                g = Group(name, "primary", peer, pjnl, sjnl, [Pair(pvol, svol, "COPY", lu.num_blocks * lu.block_size)])
+                g = Group(name, "primary", peer, pjnl, sjnl, [Pair(pvol, svol, "COPY", lu.num_blocks * lu.block_size)],
+                          state=State.SMPL.value, target=target, peer_target=peer_target)
                 await self._attach_primary(g, reopen=False)
                 self.groups[name] = g
             else:
-                if g.role != "primary" or g.peer != peer or g.pjnl != pjnl:
+                if g.role != "primary" or g.peer != peer or g.pjnl != pjnl or g.target != target:
                     raise RemoteError(Status.BAD_REQUEST, f"group {name} exists with other roles or journals")
-                if pvol in g.pvols() or pvol in self._used_luns():
+                if pvol in g.pvols() or (self._tname(g.target), pvol) in used:
                     raise RemoteError(Status.BAD_REQUEST, f"LUN {pvol} is already paired")
                 g.pairs.append(Pair(pvol, svol, "COPY", lu.num_blocks * lu.block_size))
-                self._wrap(self.orders[name], pvol)
-            g.set_state("COPY")
-            self.orders[name].journaling = True
-            self.save()
+                self._wrap(self.orders[name], pvol, g.target)
+            self._primary_event(g, Event.CREATE)
             j = self.journals[name]
             return {"epoch": j.sb.epoch, "head": j.sb.head, "end": j.sb.end, "block_size": j.sb.block_size,
                     "in_pos": j.ptr.in_pos, "next_seq": j.ptr.next_seq, "size": lu.num_blocks * lu.block_size}
 
-    def _primary(self, name: str) -> Group:
+    def _primary(self, name: str, peer: str | None = None) -> Group:
+        """The primary group ``name``; with ``peer``, only if that peer is the group's secondary."""
         g = self.groups.get(name)
         if g is None or g.role != "primary":
             raise RemoteError(Status.NOT_FOUND, f"no primary group {name} on {self.array.name}")
+        if peer is not None and peer != g.peer:
+            raise RemoteError(Status.NOT_ALLOWED, f"group {name} on {self.array.name} is paired with {g.peer}, "
+                                                  f"not {peer}")
         return g
 
     async def primary_status(self, name: str, at_pos: int | None = None) -> dict[str, Any]:
         g = self._primary(name)
         j = self.journals[name]
+        await j.make_durable()  # the secondary acquires up to the durable point only
         st = dict(j.status())
         st.update({"group": name, "state": g.state, "error": g.error, "now_ns": time.time_ns(), "role": "primary"})
         if at_pos is not None and at_pos != j.committed_pos:
@@ -113,13 +144,33 @@ class PrimaryRole(ReplicationCore):
             st["time_at_pos_ns"] = hdr.time_ns if hdr is not None and not (hdr.flags & 1) else st["oldest_time_ns"]
         return st
 
-    async def purge(self, name: str, upto_pos: int, upto_seq: int) -> dict[str, Any]:
+    async def purge(self, name: str, upto_pos: int, upto_seq: int, peer_checked: bool = False) -> dict[str, Any]:
+        """Free journal entries before ``upto_pos``/``upto_seq`` (JOURNAL_PURGE, or the secondary's
+        ``repl.purge``). The position must be the entry boundary that holds ``upto_seq``; a host's
+        request (not ``peer_checked``) is also held to what the secondary reports restored, so no
+        command device can make the primary drop entries the secondary still needs."""
         g = self._primary(name)
         j = self.journals[name]
-        async with self.orders[name].lock:
+        if not peer_checked:
+            view = await self._call(g, "repl.peer_view", {"group": name})
+            if view.get("role") != "secondary" or int(view["restored_seq"]) < upto_seq:
+                raise CommandError(ResultStatus.WRONG_STATE,
+                                   f"purge to {upto_seq} refused: {g.peer} has restored up to "
+                                   f"{int(view.get('restored_seq', 0)) - 1} (role {view.get('role')})")
+        order = self.orders[name]
+        # before journal-out moves: the purged entries' volume writes done and durable
+        await order.make_volumes_durable(min(upto_seq, j.committed_seq + 1))
+        async with order.lock:
+            if upto_seq != j.committed_seq + 1 and upto_seq != j.ptr.out_seq:
+                hdr = decode_header(await j.store.read(upto_pos, HEAD_LBA_BYTES))
+                if hdr is None or hdr.seq != upto_seq or hdr.epoch != j.sb.epoch:
+                    raise CommandError(ResultStatus.BAD_PARAMETER,
+                                       f"purge: ring position {upto_pos} does not hold entry {upto_seq}")
+            if upto_seq == j.ptr.out_seq:
+                return j.status()  # nothing to free
             await j.purge(upto_pos, upto_seq)
-        g.out_pos, g.out_seq = j.ptr.out_pos, j.ptr.out_seq
-        self.save()
+            g.out_pos, g.out_seq = j.ptr.out_pos, j.ptr.out_seq
+            self.save()
         return j.status()
 
 
@@ -127,30 +178,43 @@ class PrimaryRole(ReplicationCore):
         g = self._primary(name)
         order = self.orders[name]
         async with order.lock:
-            order.journaling = False
-        g.set_state("PSUS")
-        self.save()
+            self._primary_event(g, Event.SPLIT)
         return {"state": g.state}
 
     async def _primary_resync(self, name: str) -> dict[str, Any]:
-        """Hand the secondary the regions written while suspended and journal again from now on."""
+        """Journal again from now on and hand the secondary the regions written while suspended.
+
+        The regions stay recorded here until the secondary reports its copy done
+        (``repl.copy_done``): if this reply is lost, the secondary's retry gets them again."""
         g = self._primary(name)
         order = self.orders[name]
         j = self.journals[name]
         async with order.lock:
+            if g.state != State.COPY:
+                self._primary_event(g, Event.RESYNC)
+            restarted = j.recover_from_failure()
+            if restarted:
+                g.out_pos, g.out_seq = j.ptr.out_pos, j.ptr.out_seq
+                self.save()
             dirty = {str(k): sorted(v) for k, v in order.dirty.items()}
-            order.dirty = {}
-            g.dirty = {}
-            order.journaling = True
-            g.set_state("COPY")
-            self.save()
-            return {"dirty": dirty, "in_pos": j.ptr.in_pos, "next_seq": j.ptr.next_seq, "region": REGION}
+            return {"dirty": dirty, "in_pos": j.ptr.in_pos, "next_seq": j.ptr.next_seq, "region": REGION,
+                    "journal_restarted": restarted}
+
+    async def _primary_copy_done(self, g: Group) -> dict[str, Any]:
+        """The secondary finished its copy: the regions it copied are no longer needed here."""
+        order = self.orders[g.name]
+        async with order.lock:
+            if g.state == State.COPY:
+                order.dirty = {}
+                g.dirty = {}
+                self._primary_event(g, Event.COPY_DONE)
+        return {"state": g.state}
 
     async def _primary_delete(self, name: str) -> dict[str, Any]:
         g = self._primary(name)
         async with self.orders[name].lock:
             for p in g.pairs:
-                self._unwrap(p.pvol)
+                self._unwrap(p.pvol, g.target)
         del self.groups[name]
         self.journals.pop(name, None)
         self.orders.pop(name, None)
@@ -162,12 +226,8 @@ class PrimaryRole(ReplicationCore):
         Taken under the write-order lock, so every write already acknowledged is in the journal."""
         g = self._primary(name)
         async with self.orders[name].lock:
-            for p in g.pairs:
-                self._lu(p.pvol, "P-VOL").write_protected = True
-            g.fenced = True
-            if why:
-                g.set_state("PSUE", why)
-            self.save()
+            g.awaiting_confirm = False  # the peer has spoken: no restart confirmation may lift this
+            self._primary_event(g, Event.FENCE, why or f"{g.peer} is taking over (swap)")
         log.warning("group %s: P-VOLs fenced (read-only)%s", name, f": {why}" if why else "")
         return await self.primary_status(name)
 
@@ -183,12 +243,14 @@ class PrimaryRole(ReplicationCore):
             for e in await j.scan(j.ptr.out_pos, j.ptr.out_seq, stop_at=j.committed_pos):
                 if e.seq < from_seq:
                     continue
+                regions.setdefault(str(e.volume), set()).update(
+                    range(e.offset // REGION, (e.offset + max(e.length, 1) - 1) // REGION + 1))
+                if e.rejournaled:  # P-VOL content copied after an unclean stop, not a host write
+                    continue
                 entries += 1
                 n_bytes += e.length
                 first_ns = first_ns or e.time_ns
                 last_ns = e.time_ns
-                regions.setdefault(str(e.volume), set()).update(
-                    range(e.offset // REGION, (e.offset + max(e.length, 1) - 1) // REGION + 1))
         dirty_regions = sum(len(v) for v in g.dirty.values())
         return {"entries": entries, "bytes": n_bytes, "first_ns": first_ns, "last_ns": last_ns,
                 "dirty_regions": dirty_regions, "regions": {k: sorted(v) for k, v in regions.items()},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from ..cmddev.block import ResultStatus
@@ -18,6 +19,7 @@ from .journal import (
     read_entries,
 )
 from .model import Group, Pair, _wrong_state
+from .states import Event, State
 from .primary_role import PrimaryRole
 
 log = logging.getLogger("storaged.repl")
@@ -32,7 +34,7 @@ class SecondaryRole(PrimaryRole):
 
     def _protect(self, g: Group) -> None:
         for p in g.pairs:
-            self._lu(p.svol, "S-VOL").write_protected = not g.writable
+            self._lu(p.svol, "S-VOL", g.target).write_protected = not g.writable
 
     def _spawn(self, g: Group) -> None:
         task = self._tasks.get(g.name)
@@ -44,33 +46,40 @@ class SecondaryRole(PrimaryRole):
         pvol, svol, pjnl, sjnl = (int(params[k]) for k in ("pvol", "svol", "pjnl", "sjnl"))
         if peer == self.array.name or peer not in self.array.links:
             raise CommandError(ResultStatus.BAD_PARAMETER, f"{peer} is not a peer array of {self.array.name}")
+        target, peer_target = str(params.get("target", "")), str(params.get("peer_target", ""))
         async with self.lock(name):
             g = self.groups.get(name)
-            s_lu = self._lu(svol, "S-VOL")
-            j_lu = self._lu(sjnl, "secondary journal")
-            if g is not None and (g.role != "secondary" or g.peer != peer or g.sjnl != sjnl or g.pjnl != pjnl):
+            if g is not None and (g.role != "secondary" or g.peer != peer or g.sjnl != sjnl or g.pjnl != pjnl
+                                  or g.target != target or g.peer_target != peer_target):
                 raise CommandError(ResultStatus.BAD_PARAMETER, f"group {name} exists with other arrays or journals")
-            if g is not None and g.state not in ("PAIR", "COPY"):
+            s_lu = self._lu(svol, "S-VOL", target)
+            j_lu = self._lu(sjnl, "secondary journal", target)
+            if g is not None and g.state not in (State.PAIR, State.COPY):
                 raise _wrong_state(g, "adding a pair", ("PAIR", "COPY"))
             used = self._used_luns()
-            if svol in used or (g is None and sjnl in used) or svol == sjnl:
+            t = self._tname(target)
+            if (t, svol) in used or (g is None and (t, sjnl) in used) or svol == sjnl:
                 raise CommandError(ResultStatus.BAD_PARAMETER, f"LUN {svol} or {sjnl} is already used by a group")
             info = await self._link_call(peer, "repl.prepare_primary", {"group": name, "pvol": pvol, "pjnl": pjnl,
-                                                                        "svol": svol, "sjnl": sjnl})
+                                                                        "svol": svol, "sjnl": sjnl,
+                                                                        "target": peer_target,
+                                                                        "peer_target": target})
             if info["size"] != s_lu.num_blocks * s_lu.block_size:
                 raise CommandError(ResultStatus.BAD_PARAMETER, f"S-VOL LUN {svol} has {s_lu.num_blocks * s_lu.block_size}"
                                    f" bytes, the P-VOL {info['size']}: sizes must match")
             if g is None:
                 if j_lu.num_blocks * j_lu.block_size < info["end"]:
                     raise CommandError(ResultStatus.BAD_PARAMETER, "the secondary journal is smaller than the primary's")
-                g = Group(name, "secondary", peer, pjnl, sjnl, epoch=info["epoch"], head=info["head"], end=info["end"],
+                g = Group(name, "secondary", peer, pjnl, sjnl, state=State.SMPL.value, target=target,
+                          peer_target=peer_target, epoch=info["epoch"], head=info["head"], end=info["end"],
                           block_size=info["block_size"], restored_pos=info["in_pos"], restored_seq=info["next_seq"],
                           read_pos=info["in_pos"], read_seq=info["next_seq"])
                 await self._inner(j_lu).write(0, encode_superblock(name, g.block_size, g.head, g.end, g.epoch), fua=True)
                 self.secondary_journal[name] = Superblock(name, g.block_size, g.head, g.end, g.epoch)
                 self.groups[name] = g
             g.pairs.append(Pair(pvol, svol, "COPY", info["size"]))
-            g.set_state("COPY")
+            g.apply(Event.CREATE)
+            g.copy_regions[str(pvol)] = [[0, info["size"]]]
             self._protect(g)
             self.save()
             log.info("group %s: pair %s:%d -> %s:%d created by %s; initial copy starts", name, peer, pvol,
@@ -88,12 +97,12 @@ class SecondaryRole(PrimaryRole):
         except LinkError as exc:
             raise CommandError(ResultStatus.UNREACHABLE, f"{peer} is unreachable: {exc}") from None
 
-    async def _copy_regions(self, g: Group, pair: Pair, regions: list[tuple[int, int]] | None) -> None:
-        """Copy the P-VOL (or only ``regions``) to the S-VOL, skipping holes (they become holes)."""
+    async def _copy_regions(self, g: Group, pair: Pair, regions: list[tuple[int, int]]) -> None:
+        """Copy ``regions`` of the P-VOL to the S-VOL, skipping holes (they become holes)."""
         link = self._link(g)
-        target = ""
-        dest = self._inner(self._lu(pair.svol, "S-VOL"))
-        ranges = regions if regions is not None else [(0, pair.size)]
+        target = g.peer_target
+        dest = self._inner(self._lu(pair.svol, "S-VOL", g.target))
+        ranges = regions
         pair.copied = 0
         total = sum(n for _, n in ranges) or 1
         pair.size = pair.size or total
@@ -124,18 +133,25 @@ class SecondaryRole(PrimaryRole):
                 await asyncio.gather(*jobs)
                 pos += span
         await dest.flush()
-        if regions is not None:
-            pair.copied = pair.size
+        pair.copied = pair.size
 
     # --- secondary side: acquisition, restore, purge ---------------------------------------------
 
-    async def acquire(self, g: Group, upto: int | None = None) -> dict[str, Any]:
-        """Journal acquisition (Fig. 13): read the primary ring's new bytes into our journal."""
+    async def acquire(self, g: Group, upto: int | None = None, status: dict[str, Any] | None = None
+                      ) -> dict[str, Any]:
+        """Journal acquisition (Fig. 13): read the primary ring's new bytes into our journal, up
+        to the primary's *durable* journal-in: an entry a power cut of the primary could still
+        lose is never taken, so the S-VOL never holds a write the P-VOL may not have."""
         link = self._link(g)
-        st = await self._call(g, "repl.journal_status", {"group": g.name})
-        target = st["journal_in"] if upto is None else int(upto)
+        st = status if status is not None else await self._call(g, "repl.journal_status", {"group": g.name})
+        durable = int(st.get("durable_in", st["journal_in"]))
+        target = durable if upto is None else int(upto)
+        if upto is not None and st.get("durable_in") is not None and \
+                self._ring_ahead(g, int(upto), durable):
+            raise CommandError(ResultStatus.BAD_PARAMETER,
+                               f"acquire up to {upto}: past the primary's durable journal-in {durable}")
         sb = self.secondary_journal[g.name]
-        jstore = self._inner(self._lu(g.sjnl, "secondary journal"))
+        jstore = self._inner(self._lu(g.sjnl, "secondary journal", g.target))
         if target == g.read_pos:
             return {"acquired": 0, "primary": st}
         self._to_be_read[g.name] = target  # Fig. 15: the read in progress ends here
@@ -144,7 +160,7 @@ class SecondaryRole(PrimaryRole):
             pos = a
             while pos < b:
                 n = min(ACQUIRE_CHUNK, b - pos)
-                data = await link.read("", g.pjnl, pos, n)
+                data = await link.read(g.peer_target, g.pjnl, pos, n)
                 await jstore.write(pos, data)
                 pos += n
         entries = await read_entries(jstore, sb, g.read_pos, g.read_seq, stop_at=target)
@@ -159,7 +175,7 @@ class SecondaryRole(PrimaryRole):
         if g.state == "COPY":
             raise _wrong_state(g, "restore", ("PAIR", "PSUS", "PSUE"))
         sb = self.secondary_journal[g.name]
-        jstore = self._inner(self._lu(g.sjnl, "secondary journal"))
+        jstore = self._inner(self._lu(g.sjnl, "secondary journal", g.target))
         done = 0
         self._to_be_restored[g.name] = g.read_pos  # Fig. 15: the restore in progress ends here
         while g.restored_seq < g.read_seq:
@@ -170,14 +186,14 @@ class SecondaryRole(PrimaryRole):
             touched: set[int] = set()
             for e in entries:
                 svol = g.svol_of(e.volume)
-                store = self._inner(self._lu(svol, "S-VOL"))
+                store = self._inner(self._lu(svol, "S-VOL", g.target))
                 if e.zero_length:
                     await store.write_zeroes(e.offset, e.zero_length)
                 else:
                     await store.write(e.offset, e.data)
                 touched.add(svol)
             for svol in touched:
-                await self._inner(self._lu(svol, "S-VOL")).flush()
+                await self._inner(self._lu(svol, "S-VOL", g.target)).flush()
             last = entries[-1]
             g.restored_seq = last.seq + 1
             g.restored_pos = g.read_pos if g.restored_seq == g.read_seq else _next_pos(sb, last.lba + last.span)
@@ -187,21 +203,37 @@ class SecondaryRole(PrimaryRole):
             self._progress.set()
         return done
 
+    def _ring_ahead(self, g: Group, a: int, b: int) -> bool:
+        """Is ring position ``a`` further than ``b`` from where this array has read (read-completed)?"""
+        cap = max(1, g.end - g.head)
+        return (a - g.read_pos) % cap > (b - g.read_pos) % cap
+
     async def purge_primary(self, g: Group) -> None:
-        await self._call(g, "repl.purge", {"group": g.name, "upto_pos": g.read_pos, "upto_seq": g.read_seq})
+        """Let the primary free what is *restored* here. Not what is merely acquired: this ring
+        mirrors the primary's positions, so a position the primary reuses must be one this array
+        no longer needs (while the S-VOLs are being copied, entries wait unrestored)."""
+        await self._call(g, "repl.purge", {"group": g.name, "upto_pos": g.restored_pos, "upto_seq": g.restored_seq})
 
     async def cycle(self, g: Group) -> dict[str, int]:
         """One round of the Fig. 16 loop, as the secondary runs it by itself."""
         async with self.lock(g.name):
-            got = await self.acquire(g)
-            self._last_primary[g.name] = got["primary"]
-            restored = await self.restore(g) if g.state != "COPY" else 0
-            if got["acquired"]:
+            st = await self._call(g, "repl.journal_status", {"group": g.name})
+            self._last_primary[g.name] = {**st, "contact_ns": time.time_ns()}
+            pstate = st.get("state")
+            if g.state == State.PSUE and pstate == State.COPY:
+                # a resync whose reply was lost: the primary journals again but the regions are not
+                # copied here yet; entries now would leave the S-VOL neither old nor new
+                return {"acquired": 0, "restored": 0}
+            got = await self.acquire(g, status=st)
+            before = g.restored_seq
+            restored = await self.restore(g) if g.state != State.COPY else 0
+            if g.restored_seq != before or got["acquired"]:
                 await self.purge_primary(g)
-            pstate = got["primary"].get("state")
-            if pstate == "PSUE" and g.state != "PSUE":
-                g.set_state("PSUE", got["primary"].get("error", "suspended by the primary"))
+            if pstate == State.PSUE and g.state == State.PAIR:
+                g.apply(Event.FAIL, st.get("error") or "suspended by the primary")
                 self.save()
+            elif pstate == State.COPY and g.state == State.PAIR:
+                await self._call(g, "repl.copy_done", {"group": g.name})  # an earlier report was lost
             return {"acquired": got["acquired"], "restored": restored}
 
     async def _run(self, name: str) -> None:
@@ -232,22 +264,27 @@ class SecondaryRole(PrimaryRole):
             await asyncio.sleep(self.interval)
 
     async def _finish_copy(self, g: Group) -> None:
-        pending = [p for p in g.pairs if p.state == "COPY"]
-        regions = self._resync_regions.get(g.name, {})
-        for p in pending:
-            await self._copy_regions(g, p, regions.get(p.pvol))
-            p.state = "PAIR"
-            self.save()
-        async with self.lock(g.name):
-            if all(p.state == "PAIR" for p in g.pairs) and g.state == "COPY":
-                self._resync_regions.pop(g.name, None)
-                g.set_state("PAIR")
+        """Copy what ``copy_regions`` lists (persisted: a restart resumes), then tell the primary,
+        which forgets its differential regions only then."""
+        for p in [p for p in g.pairs if p.state == State.COPY]:
+            listed = g.copy_regions.get(str(p.pvol))  # none listed (a table from before): all of it
+            regions = [(int(a), int(n)) for a, n in listed] if listed is not None else [(0, p.size)]
+            await self._copy_regions(g, p, regions)
+            async with self.lock(g.name):
+                if g.state != State.COPY:
+                    return  # suspended meanwhile: the regions stay to be copied at the next resync
+                p.state = State.PAIR.value
+                g.copy_regions.pop(str(p.pvol), None)
                 self.save()
-                log.info("group %s: initial copy done; PAIR", g.name)
+        async with self.lock(g.name):
+            if all(p.state == State.PAIR for p in g.pairs) and g.state == State.COPY:
+                g.apply(Event.COPY_DONE)
+                self.save()
+                log.info("group %s: copy done; PAIR", g.name)
                 try:
-                    await self._call(g, "repl.state", {"group": g.name, "state": "PAIR"})
+                    await self._call(g, "repl.copy_done", {"group": g.name})
                 except CommandError as exc:
-                    g.error = str(exc)
+                    g.error = str(exc)  # the next round reports it again
 
 
 

@@ -14,7 +14,8 @@ from .journal import (
     Superblock,
     encode_superblock,
 )
-from .model import Group, Pair, _wrong_state
+from .model import Group, Pair, _wrong_state, merge_ranges
+from .states import Event, State, allowed
 from .primary import REGION
 from .secondary_role import SecondaryRole
 from .tracked import TrackedStore
@@ -30,30 +31,29 @@ class TakeoverRole(SecondaryRole):
         g = self._group(name)
         if g.role != "secondary":
             raise CommandError(ResultStatus.BAD_PARAMETER, f"group {name} is already primary here; nothing to take over")
-        if g.state not in ("PAIR", "PSUE", "PSUS"):
+        if not allowed(g.state, Event.TAKEOVER):
             raise _wrong_state(g, "takeover", ("PAIR", "PSUE", "PSUS"))
         try:
             st = await self._link(g).call("repl.journal_status", {"group": name}, timeout=3.0)
             reachable = True
-        except (LinkError, RemoteError):
+        except RemoteError as exc:  # the primary answered: it is up, and said no
+            raise CommandError(ResultStatus.FAILED, f"{g.peer} answered but refused the status request "
+                                                    f"({exc.message}); not taking over") from None
+        except LinkError:
             st, reachable = self._last_primary.get(name, {}), False
-        unrestored = g.read_seq - g.restored_seq
-        unread = max(0, int(st.get("next_seq", g.read_seq)) - g.read_seq)
-        variant = "swap" if reachable and g.state == "PAIR" else "svol-takeover"
+        else:
+            self._last_primary[name] = {**st, "contact_ns": time.time_ns()}
+        variant = "swap" if reachable and g.state == State.PAIR else "svol-takeover"
         plan = {"group": name, "variant": variant, "primary_reachable": reachable,
-                "to_restore": {"entries": unrestored + (unread if reachable else 0)},
-                "at_risk": {"entries": 0 if reachable else unread,
-                            "known_as_of_ns": st.get("now_ns"),
-                            "note": "" if reachable else "entries the primary had journaled but this array never "
-                                                          "acquired, as of the last contact; later writes are unknown"}}
+                **takeover_risk(g.read_seq, g.restored_seq, st, reachable, time.time_ns())}
         if dry_run:
             return plan
         async with self.lock(name):
             if variant == "swap":
                 await self._swap(g)
             else:
-                await self.restore(g) if g.state != "COPY" else None
-                g.set_state("SSWS", "" if reachable else "takeover while the primary was unreachable")
+                await self.restore(g)
+                g.apply(Event.TAKEOVER, "" if reachable else "takeover while the primary was unreachable")
                 g.writable = True
                 self._protect(g)
                 self._track_writes(g)
@@ -63,7 +63,7 @@ class TakeoverRole(SecondaryRole):
 
     def _track_writes(self, g: Group) -> None:
         for p in g.pairs:
-            lu = self._lu(p.svol, "S-VOL")
+            lu = self._lu(p.svol, "S-VOL", g.target)
             if not isinstance(lu.backstore, TrackedStore):
                 lu.backstore = TrackedStore(lu.backstore, lambda off, n, v=p.pvol: self._sdirty(g, v, off, n))
 
@@ -74,19 +74,20 @@ class TakeoverRole(SecondaryRole):
             g.dirty[str(volume)] = sorted(regions | new)
             self.save()
 
-    async def _become_primary(self, g: Group) -> dict[str, Any]:
-        """This array's S-VOLs become P-VOLs journaling into its (old secondary) journal LUN."""
+    async def _become_primary(self, g: Group, event: Event) -> dict[str, Any]:
+        """This array's S-VOLs become P-VOLs journaling into its (old secondary) journal LUN
+        (``event``: SWAP with both sides equal, or REVERSE after an SSWS takeover)."""
         name = g.name
         for p in g.pairs:
-            lu = self._lu(p.svol, "S-VOL")
+            lu = self._lu(p.svol, "S-VOL", g.target)
             if isinstance(lu.backstore, TrackedStore):
                 lu.backstore = lu.backstore.inner
-        pairs = [Pair(pvol=p.svol, svol=p.pvol, state="PAIR", size=p.size, copied=p.size) for p in g.pairs]
-        ng = Group(name, "primary", g.peer, pjnl=g.sjnl, sjnl=g.pjnl, pairs=pairs, state="PAIR")
+        pairs = [Pair(pvol=p.svol, svol=p.pvol, state=p.state, size=p.size, copied=p.size) for p in g.pairs]
+        ng = Group(name, "primary", g.peer, pjnl=g.sjnl, sjnl=g.pjnl, pairs=pairs, state=g.state,
+                   target=g.target, peer_target=g.peer_target)
+        ng.apply(event)
         self.secondary_journal.pop(name, None)
         await self._attach_primary(ng, reopen=False)
-        for p in ng.pairs:
-            self._lu(p.pvol, "P-VOL").write_protected = False
         self.groups[name] = ng
         self.save()
         j = self.journals[name]
@@ -104,7 +105,7 @@ class TakeoverRole(SecondaryRole):
         task = self._tasks.pop(name, None)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
-        info = await self._become_primary(g)
+        info = await self._become_primary(g, Event.SWAP)
         await self._call(g, "repl.become_secondary", info)
         log.warning("group %s: swapped: this array is now the primary of %s", name, g.peer)
 
@@ -112,7 +113,7 @@ class TakeoverRole(SecondaryRole):
         """Reverse resync after an SSWS takeover (like ``pairresync -swaps``): this array becomes
         the primary and the old primary copies back only what differs."""
         g = self._group(name)
-        if g.role != "secondary" or g.state != "SSWS":
+        if g.role != "secondary" or g.state != State.SSWS:
             raise _wrong_state(g, "pairresync with swap", ("SSWS",))
         lost = await self._call(g, "repl.lost_writes", {"group": name, "from_seq": g.read_seq})
         if (lost["entries"] or lost["dirty_regions"]) and not force:
@@ -135,7 +136,7 @@ class TakeoverRole(SecondaryRole):
             copy = {str(svol_of[int(v)]): [(r * region, min(region, sizes[int(v)] - r * region)) for r in sorted(rs)]
                     for v, rs in regions.items()}
             g.dirty = {}
-            info = await self._become_primary(g)
+            info = await self._become_primary(g, Event.REVERSE)
             await self._call(g, "repl.become_secondary", {**info, "copy_regions": copy})
         return {"group": name, "state": "COPY", "role": "primary",
                 "copied_regions": sum(len(v) for v in copy.values())}
@@ -149,23 +150,26 @@ class TakeoverRole(SecondaryRole):
         order = self.orders[name]
         async with order.lock:
             for p in g.pairs:
-                self._unwrap(p.pvol)
-                self._lu(p.pvol, "S-VOL").write_protected = True
+                self._unwrap(p.pvol, g.target)
+                self._lu(p.pvol, "S-VOL", g.target).write_protected = True
             order.journaling = False
         self.journals.pop(name, None)
         self.orders.pop(name, None)
-        pairs = [Pair(pvol=p.svol, svol=p.pvol, state="PAIR", size=p.size, copied=p.size) for p in g.pairs]
-        ng = Group(name, "secondary", peer, pjnl=int(params["pjnl"]), sjnl=g.pjnl, pairs=pairs, state="PAIR",
+        pairs = [Pair(pvol=p.svol, svol=p.pvol, state=p.state, size=p.size, copied=p.size) for p in g.pairs]
+        ng = Group(name, "secondary", peer, pjnl=int(params["pjnl"]), sjnl=g.pjnl, pairs=pairs, state=g.state,
+                   before_fence=g.before_fence, target=g.target, peer_target=g.peer_target,
                    epoch=int(params["epoch"]), head=int(params["head"]), end=int(params["end"]),
                    block_size=int(params["block_size"]), restored_pos=int(params["in_pos"]),
                    restored_seq=int(params["next_seq"]), read_pos=int(params["in_pos"]), read_seq=int(params["next_seq"]))
         regions = params.get("copy_regions")
         if regions is not None:  # a reverse resync: copy these regions from the new primary first
-            ng.set_state("COPY")
+            ng.apply(Event.REVERSE)
             for p in ng.pairs:
-                p.state, p.copied = "COPY", 0
-            self._resync_regions[name] = {int(k): [(int(a), int(b)) for a, b in v] for k, v in regions.items()}
-        jstore = self._inner(self._lu(ng.sjnl, "secondary journal"))
+                p.copied = 0
+                ng.copy_regions[str(p.pvol)] = merge_ranges([(int(a), int(b)) for a, b in regions.get(str(p.pvol), [])])
+        else:
+            ng.apply(Event.SWAP)
+        jstore = self._inner(self._lu(ng.sjnl, "secondary journal", ng.target))
         await jstore.write(0, encode_superblock(name, ng.block_size, ng.head, ng.end, ng.epoch), fua=True)
         self.secondary_journal[name] = Superblock(name, ng.block_size, ng.head, ng.end, ng.epoch)
         self.groups[name] = ng
@@ -173,3 +177,29 @@ class TakeoverRole(SecondaryRole):
         log.warning("group %s: swapped: %s is now the primary, this array the secondary (%s)", name, peer, ng.state)
         self._spawn(ng)
         return {"group": name, "state": ng.state, "role": "secondary"}
+
+
+def takeover_risk(read_seq: int, restored_seq: int, last: dict[str, Any], reachable: bool,
+                  now_ns: int) -> dict[str, Any]:
+    """What a takeover would still restore and what it may lose, with how old that knowledge is.
+
+    Reachable: nothing is at risk; everything journaled is restored first. Unreachable: the
+    entries the primary had journaled at the last contact and this array never acquired are
+    known lost; whatever the primary acknowledged after that contact is unknown, and the age of the
+    contact says how long that window is."""
+    unrestored = read_seq - restored_seq
+    primary_next = int(last.get("next_seq", read_seq))
+    unread = max(0, primary_next - read_seq)
+    contact_ns = last.get("contact_ns")
+    age = round((now_ns - int(contact_ns)) / 1e9, 3) if contact_ns else None
+    if reachable:
+        return {"to_restore": {"entries": unrestored + unread},
+                "at_risk": {"entries": 0, "known": True, "last_contact_age_s": 0.0, "note": ""}}
+    if age is None:
+        note = "no contact with the primary since this array started: what it acknowledged is unknown"
+    else:
+        note = (f"{unread} entries journaled on the primary at the last contact, {age} s ago, were never "
+                f"acquired here; writes the primary acknowledged after that contact are unknown")
+    return {"to_restore": {"entries": unrestored},
+            "at_risk": {"entries": unread, "known": False, "last_contact_age_s": age,
+                        "known_as_of_ns": last.get("now_ns"), "note": note}}
