@@ -171,6 +171,10 @@ def _pair_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="LUN",
         help="secondary journal LUN (on the S-VOL's array)",
     )
+    pc.add_argument("--ptarget", default="", metavar="IQN",
+                    help="the P-VOL array's target holding the P-VOLs and its journal (default: its first)")
+    pc.add_argument("--starget", default="", metavar="IQN",
+                    help="the S-VOL array's target holding the S-VOLs and its journal (default: its first)")
     pc.add_argument(
         "--wait",
         action="store_true",
@@ -220,6 +224,17 @@ def _pair_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Delete a pair group (PAIR_DELETE on --array, default the local array).",
     )
     _group(pdel)
+
+    prel = sub.add_parser(
+        "pairrelease",
+        parents=[common],
+        help="let a FENCED primary take host writes again (PAIR_RELEASE)",
+        description="Release the fence of a primary group (PAIR_RELEASE on --array, default the local "
+        "array). A primary comes up FENCED after a restart until its peer confirms it is still the "
+        "primary; use this only when the peer cannot answer and you know it has not taken over, or "
+        "accept that both sides may then have written.",
+    )
+    _group(prel)
 
     rp = sub.add_parser(
         "replicate",

@@ -8,6 +8,7 @@ hostctl            HORCM / CCI             process(es) and where they run
 ``pairsplit``      pairsplit [-rw]         PAIR_SPLIT on ``--array``
 ``pairresync``     pairresync              PAIR_RESYNC on the S-VOL's array (``--array``, required)
 ``pairdelete``     pairsplit -S            PAIR_DELETE on ``--array``
+``pairrelease``    (fence release)         PAIR_RELEASE on ``--array`` (a FENCED primary)
 ``replicate``      (UR journal copy)       JOURNAL_STATUS/ACQUIRE/RESTORE/PURGE: the Fig. 16 loop
 ``pairsyncwait``   pairsyncwait            PAIR_SYNCWAIT on ``--array`` (the S-VOL side)
 ``takeover``       horctakeover            TAKEOVER on ``--array`` (the S-VOL side)
@@ -48,6 +49,7 @@ COMMANDS = (
     "pairsplit",
     "pairresync",
     "pairdelete",
+    "pairrelease",
     "replicate",
     "pairsyncwait",
     "takeover",
@@ -174,6 +176,7 @@ async def run(args: argparse.Namespace, host: Host, timeout: float, out: TextIO,
         "pairsplit": pairsplit,
         "pairresync": pairresync,
         "pairdelete": pairdelete,
+        "pairrelease": pairrelease,
         "replicate": replicate,
         "pairsyncwait": pairsyncwait,
         "takeover": takeover,
@@ -255,6 +258,10 @@ async def paircreate(ctx: Ctx, args: argparse.Namespace) -> int:
         "pjnl": args.pjnl,
         "sjnl": args.sjnl,
     }
+    if getattr(args, "starget", ""):
+        params["target"] = args.starget
+    if getattr(args, "ptarget", ""):
+        params["peer_target"] = args.ptarget
     client = await ctx.host.client(sarray)
     resp = await client.run(Process.PAIR_CREATE, params, timeout=ctx.timeout)
     data = _data(resp)
@@ -371,6 +378,10 @@ async def pairresync(ctx: Ctx, args: argparse.Namespace) -> int:
 
 async def pairdelete(ctx: Ctx, args: argparse.Namespace) -> int:
     return await _state_change(ctx, args, Process.PAIR_DELETE, {"group": args.group})
+
+
+async def pairrelease(ctx: Ctx, args: argparse.Namespace) -> int:
+    return await _state_change(ctx, args, Process.PAIR_RELEASE, {"group": args.group})
 
 
 # --- replicate: the host loop of Fig. 16 -----------------------------------------------------------

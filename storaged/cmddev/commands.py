@@ -31,6 +31,7 @@ class Process(enum.IntEnum):
     JOURNAL_PURGE = 24
     PAIR_SYNCWAIT = 25
     TAKEOVER = 26
+    PAIR_RELEASE = 27  # lift a primary's fence by hand (the peer cannot confirm its role)
 
 
 # --- what ArrayControl returns (documentation for the implementer; plain dicts at run time) ------

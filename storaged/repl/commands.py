@@ -55,7 +55,11 @@ def register_replication(dispatcher: CommandDispatcher, repl: Replication) -> No
     async def takeover(params: dict[str, Any], origin: str) -> dict[str, Any]:
         return await repl.takeover(str(params["group"]), bool(params.get("dry_run", False)))
 
+    async def pair_release(params: dict[str, Any], origin: str) -> dict[str, Any]:
+        return await repl.release(str(params["group"]))
+
     for process, handler in [
+        (P.PAIR_RELEASE, pair_release),
         (P.TAKEOVER, takeover),
         (P.PAIR_CREATE, pair_create), (P.PAIR_DISPLAY, pair_display), (P.PAIR_SPLIT, pair_split),
         (P.PAIR_RESYNC, pair_resync), (P.PAIR_DELETE, pair_delete), (P.JOURNAL_STATUS, journal_status),

@@ -122,7 +122,8 @@ def test_process_numbers_are_stable() -> None:
     assert {p.name: int(p) for p in Process} == {
         "ECHO": 1, "ARRAY_INFO": 2, "LINK_STATUS": 3, "LUN_LIST": 4, "PAIR_CREATE": 16, "PAIR_DISPLAY": 17,
         "PAIR_SPLIT": 18, "PAIR_RESYNC": 19, "PAIR_DELETE": 20, "JOURNAL_STATUS": 21, "JOURNAL_ACQUIRE": 22,
-        "JOURNAL_RESTORE": 23, "JOURNAL_PURGE": 24, "PAIR_SYNCWAIT": 25, "TAKEOVER": 26}
+        "JOURNAL_RESTORE": 23, "JOURNAL_PURGE": 24, "PAIR_SYNCWAIT": 25, "TAKEOVER": 26,
+        "PAIR_RELEASE": 27}
 
 
 async def test_command_set() -> None:
