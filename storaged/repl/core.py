@@ -24,6 +24,7 @@ from .primary import JournaledStore, WriteOrder
 from .tracked import TrackedStore
 
 if TYPE_CHECKING:
+    from ..remote.link import PeerLink
     from ..array.array import Array
     from ..scsi.lu import LogicalUnit
 
@@ -130,7 +131,7 @@ class ReplicationCore:
         store = lu.backstore
         return store.inner if isinstance(store, (JournaledStore, TrackedStore)) else store
 
-    def _link(self, group: Group):  # type: ignore[no-untyped-def]
+    def _link(self, group: Group) -> PeerLink:
         link = self.array.links.get(group.peer)
         if link is None:
             raise CommandError(ResultStatus.BAD_PARAMETER, f"{group.peer} is not a peer of {self.array.name}")

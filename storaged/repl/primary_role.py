@@ -45,8 +45,13 @@ class PrimaryRole(ReplicationCore):
             activity = ActivityLog(journal)
             g.out_pos, g.out_seq = journal.ptr.out_pos, journal.ptr.out_seq
         self.journals[g.name] = journal
-        order = WriteOrder(journal, lambda why, g=g: self._journal_full(g, why),
-                           lambda vol, regions, g=g: self._dirty(g, vol, regions),
+        def on_full(why: str) -> None:
+            self._journal_full(g, why)
+
+        async def on_dirty(volume: int, regions: set[int]) -> None:
+            await self._dirty(g, volume, regions)
+
+        order = WriteOrder(journal, on_full, on_dirty,
                            delay_limit=self.cfg.delay_limit if self.cfg.journal_full == "delay" else 0.0,
                            activity=activity)
         order.dirty = {int(k): set(v) for k, v in g.dirty.items()}
@@ -137,7 +142,7 @@ class PrimaryRole(ReplicationCore):
         g = self._primary(name)
         j = self.journals[name]
         await j.make_durable()  # the secondary acquires up to the durable point only
-        st = dict(j.status())
+        st: dict[str, Any] = dict(j.status())
         st.update({"group": name, "state": g.state, "error": g.error, "now_ns": time.time_ns(), "role": "primary"})
         if at_pos is not None and at_pos != j.committed_pos:
             hdr = decode_header(await j.store.read(at_pos, HEAD_LBA_BYTES))
