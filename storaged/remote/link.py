@@ -58,6 +58,26 @@ log = logging.getLogger(__name__)
 Listener = Callable[[bool], Any]
 
 
+class RateLimitedWarning:
+    """Logs a WARNING at most once per ``interval`` seconds; the next one counts those dropped."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last = -float("inf")
+        self._dropped = 0
+
+    def __call__(self, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._dropped += 1
+            return
+        if self._dropped:
+            msg, args = msg + " (and %d more not logged)", (*args, self._dropped)
+        log.warning(msg, *args)
+        self._last = now
+        self._dropped = 0
+
+
 class _FrameConnection(asyncio.BufferedProtocol):
     """One TCP connection as a stream of frames; subclasses say what the frames mean."""
 
@@ -136,7 +156,7 @@ class _FrameConnection(asyncio.BufferedProtocol):
             try:
                 frame = self.reader.next_frame()
             except ProtocolError as e:
-                log.warning("remote link: bad frame from %s: %s", self.address, e)
+                self.log_bad_frame(e)
                 self.fail(e.status, f"bad frame: {e}")
                 return
             if frame is None:
@@ -146,6 +166,9 @@ class _FrameConnection(asyncio.BufferedProtocol):
 
     def hold(self) -> bool:
         return False
+
+    def log_bad_frame(self, e: ProtocolError) -> None:
+        log.warning("remote link: bad frame from %s: %s", self.address, e)
 
     def drained(self) -> None:
         """Every buffered frame is handled."""
@@ -260,6 +283,12 @@ class _ServerConnection(_FrameConnection):
             self._hs_timer.cancel()
         if self.peer:
             log.info("remote link: %s (%s) disconnected: %s", self.peer, self.address, self.close_reason)
+
+    def log_bad_frame(self, e: ProtocolError) -> None:
+        if self.hs.done:
+            super().log_bad_frame(e)
+        else:  # anyone can connect and send junk: don't let them fill the log
+            self.server.preauth_warning("remote link: bad frame from %s before authentication: %s", self.address, e)
 
     def _handshake_expired(self) -> None:
         if not self.hs.done and not self.closing:
@@ -429,6 +458,7 @@ class LinkServer:
         self.refused = 0
         self._unlogged_refusals = 0
         self._last_refusal_log = -float("inf")
+        self.preauth_warning = RateLimitedWarning(self.REFUSAL_LOG_INTERVAL)
         self._server: asyncio.base_events.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
 

@@ -113,3 +113,17 @@ def test_refusal_log_says_how_many_were_refused_since_the_last_line(caplog: pyte
         assert len(msgs) == 2 and "refused 1 " in msgs[0] and "refused 5 " in msgs[1]
 
     asyncio.run(scenario())
+
+
+def test_bad_preauth_frames_logged_at_a_bounded_rate(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        srv = server()
+        with caplog.at_level(logging.WARNING, logger="storaged.remote.link"):
+            for _ in range(10):
+                conn, t = connect(srv)
+                feed_protocol(conn, b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
+                assert t.closed
+        msgs = [r.getMessage() for r in caplog.records if "before authentication" in r.getMessage()]
+        assert len(msgs) == 1 and "bad magic" in msgs[0]
+
+    asyncio.run(scenario())
