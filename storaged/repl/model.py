@@ -63,6 +63,8 @@ class Group:
     #: secondary: regions still to copy (resync), per P-VOL, as [offset, length]; persisted so that
     #: neither a lost reply nor a restart loses them
     copy_regions: dict[str, list[list[int]]] = field(default_factory=dict)
+    #: secondary, COPY with every pair copied: PAIR once restored past this sequence number
+    copy_until_seq: int = 0
 
     def pvols(self) -> list[int]:
         return [p.pvol for p in self.pairs]
@@ -72,6 +74,10 @@ class Group:
             if p.pvol == pvol:
                 return p.svol
         raise KeyError(pvol)
+
+    def copying(self) -> bool:
+        """Some pair's volumes are still being copied (not just the journal being caught up)."""
+        return any(p.state == State.COPY for p in self.pairs)
 
     def apply(self, event: Event, error: str = "") -> State:
         """Change state through the table (:mod:`.states`); refused with WRONG_STATE, and nothing

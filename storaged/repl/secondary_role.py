@@ -172,8 +172,8 @@ class SecondaryRole(PrimaryRole):
 
     async def restore(self, g: Group) -> int:
         """Restore (Fig. 14): apply every acquired entry, in sequence order, to the S-VOLs."""
-        if g.state == "COPY":
-            raise _wrong_state(g, "restore", ("PAIR", "PSUS", "PSUE"))
+        if g.state == State.COPY and g.copying():
+            raise _wrong_state(g, "restore while volumes are being copied", ("PAIR", "PSUS", "PSUE"))
         sb = self.secondary_journal[g.name]
         jstore = self._inner(self._lu(g.sjnl, "secondary journal", g.target))
         done = 0
@@ -226,10 +226,10 @@ class SecondaryRole(PrimaryRole):
                 return {"acquired": 0, "restored": 0}
             got = await self.acquire(g, status=st)
             before = g.restored_seq
-            restored = await self.restore(g) if g.state != State.COPY else 0
+            restored = await self.restore(g) if not (g.state == State.COPY and g.copying()) else 0
             if g.restored_seq != before or got["acquired"]:
                 await self.purge_primary(g)
-            if pstate == State.PSUE and g.state == State.PAIR:
+            if pstate == State.PSUE and g.state in (State.PAIR, State.COPY):
                 g.apply(Event.FAIL, st.get("error") or "suspended by the primary")
                 self.save()
             elif pstate == State.COPY and g.state == State.PAIR:
@@ -241,10 +241,12 @@ class SecondaryRole(PrimaryRole):
         while name in self.groups and self.groups[name].role == "secondary":
             g = self.groups[name]
             try:
-                if g.state == "COPY":
-                    await self._finish_copy(g)
-                    continue
-                if g.state in ("PAIR", "PSUE"):
+                if g.state == State.COPY:
+                    if g.copying():
+                        await self._finish_copy(g)
+                    if g.state == State.COPY and not g.copying():
+                        await self._copy_consistent(g)
+                elif g.state in ("PAIR", "PSUE"):
                     await self.cycle(g)
                     if g.state == "PAIR":
                         g.error = ""  # a transient link error is over once a round succeeds
@@ -264,8 +266,9 @@ class SecondaryRole(PrimaryRole):
             await asyncio.sleep(self.interval)
 
     async def _finish_copy(self, g: Group) -> None:
-        """Copy what ``copy_regions`` lists (persisted: a restart resumes), then tell the primary,
-        which forgets its differential regions only then."""
+        """Copy what ``copy_regions`` lists (persisted: a restart resumes). The S-VOLs are not
+        consistent yet: they hold data read at different times, so the group stays COPY until
+        restore passes the primary's journal-in as of the end of the copy (``copy_until_seq``)."""
         for p in [p for p in g.pairs if p.state == State.COPY]:
             listed = g.copy_regions.get(str(p.pvol))  # none listed (a table from before): all of it
             regions = [(int(a), int(n)) for a, n in listed] if listed is not None else [(0, p.size)]
@@ -275,17 +278,30 @@ class SecondaryRole(PrimaryRole):
                     return  # suspended meanwhile: the regions stay to be copied at the next resync
                 p.state = State.PAIR.value
                 g.copy_regions.pop(str(p.pvol), None)
+                g.copy_until_seq = 0  # set from the primary's journal-in once every pair is copied
                 self.save()
-        async with self.lock(g.name):
-            if all(p.state == State.PAIR for p in g.pairs) and g.state == State.COPY:
-                g.apply(Event.COPY_DONE)
-                self.save()
-                log.info("group %s: copy done; PAIR", g.name)
-                try:
-                    await self._call(g, "repl.copy_done", {"group": g.name})
-                except CommandError as exc:
-                    g.error = str(exc)  # the next round reports it again
 
+    async def _copy_consistent(self, g: Group) -> None:
+        """Restore past the end of the copy, then COPY -> PAIR; only then may the primary forget
+        its differential regions (``repl.copy_done``)."""
+        if g.state == State.COPY and not g.copying() and not g.copy_until_seq:
+            st = await self._call(g, "repl.journal_status", {"group": g.name})
+            async with self.lock(g.name):  # asked after the copy ended: at or past its end
+                if g.state == State.COPY and not g.copying() and not g.copy_until_seq:
+                    g.copy_until_seq = int(st["next_seq"])
+                    self.save()
+        await self.cycle(g)
+        async with self.lock(g.name):
+            if g.state != State.COPY or g.copying() or g.restored_seq < g.copy_until_seq:
+                return
+            g.apply(Event.COPY_DONE)
+            g.copy_until_seq = 0
+            self.save()
+            log.info("group %s: copy done and restored past it; PAIR", g.name)
+            try:
+                await self._call(g, "repl.copy_done", {"group": g.name})
+            except CommandError as exc:
+                g.error = str(exc)  # the next round reports it again
 
 
 def _next_pos(sb: Superblock, pos: int) -> int:

@@ -33,6 +33,10 @@ class TakeoverRole(SecondaryRole):
             raise CommandError(ResultStatus.BAD_PARAMETER, f"group {name} is already primary here; nothing to take over")
         if not allowed(g.state, Event.TAKEOVER):
             raise _wrong_state(g, "takeover", ("PAIR", "PSUE", "PSUS"))
+        if g.copying() or g.copy_regions:
+            raise CommandError(ResultStatus.WRONG_STATE,
+                               f"group {name}'s S-VOLs are inconsistent: a copy from {g.peer} was interrupted "
+                               f"({sum(len(v) for v in g.copy_regions.values())} ranges left); resync first")
         try:
             st = await self._link(g).call("repl.journal_status", {"group": name}, timeout=3.0)
             reachable = True
