@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 
-from .plan import FAULT_CLASSES, Options
+from .plan import CI_MAX_WRITES, FAULT_CLASSES, KNOWN_DEFECT_CLASSES, Options
 from .runner import run_seed
 
 
@@ -24,15 +24,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=_seeds, help="A..B (inclusive)")
     ap.add_argument("--replay", type=int, help="run one seed and print its trace")
     ap.add_argument("--off", default="", help=f"fault classes to switch off: {','.join(FAULT_CLASSES)}")
+    ap.add_argument("--ci", action="store_true", help="the CI test's options: the known-defect classes off (see "
+                                                      "--on) and at most CI_MAX_WRITES writes per seed")
+    ap.add_argument("--on", default="", help="with --ci: known-defect classes to switch on again (comma list)")
+    ap.add_argument("--max-writes", type=int, default=0, help="host writes per seed at most (default 400)")
     ap.add_argument("--trace", type=int, default=60, help="events shown for a failing seed")
     ap.add_argument("--time-limit", type=float, default=0.0, help="stop starting seeds after this many seconds")
     ap.add_argument("--quiet", action="store_true", help="print only failing seeds and the summary")
     args = ap.parse_args(argv)
     off = {c for c in args.off.split(",") if c}
-    unknown = off - set(FAULT_CLASSES)
+    on = {c for c in args.on.split(",") if c}
+    unknown = (off | on) - set(FAULT_CLASSES)
     if unknown:
         ap.error(f"unknown fault classes: {', '.join(sorted(unknown))}")
-    opts = Options(enabled=frozenset(FAULT_CLASSES) - off, trace_len=args.trace)
+    if args.ci:
+        off |= KNOWN_DEFECT_CLASSES - on
+    opts = Options(enabled=frozenset(FAULT_CLASSES) - off, trace_len=args.trace,
+                   max_writes=args.max_writes or (CI_MAX_WRITES if args.ci else 400))
     if args.replay is not None:
         opts.trace_len = max(args.trace, 400)
         r = run_seed(args.replay, opts)

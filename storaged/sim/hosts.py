@@ -94,8 +94,8 @@ class Hosts:
             sem.release()
 
     async def _request(self, node: SimNode, what: str, run: object) -> tuple[bool, str]:
-        if not node.alive:
-            return False, "array down"
+        if not node.ready:  # down, or still starting (the portal opens after repl.start())
+            return False, "array down" if not node.alive else "array starting"
         task = node.spawn(run)  # type: ignore[arg-type]
         done, _ = await asyncio.wait([task], timeout=HUNG)
         if not done:
@@ -121,7 +121,7 @@ class Hosts:
             await lu.store(w.block * BLOCK, data, w.fua)
 
         self.inflight.setdefault(node.name, set()).add(w)
-        ok, why = await self._request(node, f"write {w.tag}", run(node.array) if node.alive else None)
+        ok, why = await self._request(node, f"write {w.tag}", run(node.array) if node.ready else None)
         if w in self.inflight.get(node.name, set()):
             self.inflight[node.name].discard(w)
             w.end = world.tick()
@@ -142,7 +142,7 @@ class Hosts:
             await lu.backstore.flush()
 
         gen = node.gen
-        ok, why = await self._request(node, "flush", run(node.array) if node.alive else None)
+        ok, why = await self._request(node, "flush", run(node.array) if node.ready else None)
         world.trace(f"h{host} {node.name} SYNC lun{vol}: {'ok' if ok else why}")
         if ok and node.gen == gen:
             world.ledger(node.name, vol).flushed(issued)

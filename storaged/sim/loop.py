@@ -17,9 +17,11 @@ import secrets
 import selectors
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, TypeVar
+from concurrent.futures import Executor
+from typing import Any, TypeVar, TypeVarTuple, Unpack
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 #: the wall-clock second the virtual clock starts at (any fixed value; 2027-01-15)
 EPOCH = 1_800_000_000.0
@@ -74,6 +76,7 @@ class VirtualLoop(asyncio.BaseEventLoop):
         self._clock = clock
         self._on_step = on_step
         self._selector = _VirtualSelector(clock)
+        self.on_executor: Callable[[], None] | None = None
 
     def time(self) -> float:
         return self._clock.now
@@ -85,6 +88,20 @@ class VirtualLoop(asyncio.BaseEventLoop):
 
     def _process_events(self, event_list: Any) -> None:
         pass
+
+    def run_in_executor(self, executor: Executor | None, func: Callable[[Unpack[Ts]], T],
+                        *args: Unpack[Ts]) -> asyncio.Future[T]:
+        """Run the work inline, now: a real thread would finish at a real-time moment, so the
+        virtual time (and the order) at which its result arrives would differ from run to run
+        (``asyncio.to_thread``, e.g. ``Replication.save_async``, lands here)."""
+        fut: asyncio.Future[T] = self.create_future()
+        if self.on_executor is not None:
+            self.on_executor()
+        try:
+            fut.set_result(func(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task, as a thread would
+            fut.set_exception(exc)
+        return fut
 
     def _write_to_self(self) -> None:
         pass
@@ -119,11 +136,12 @@ def patched_world(clock: VirtualClock, rng: random.Random) -> Iterator[None]:
 
 
 def run_virtual(main: Callable[[], Coroutine[Any, Any, T]], clock: VirtualClock, rng: random.Random,
-                on_step: Callable[[], None] | None = None) -> T:
+                on_step: Callable[[], None] | None = None, on_executor: Callable[[], None] | None = None) -> T:
     """Run ``main()`` to completion on a fresh virtual loop with the world patched; ``on_step``
     runs after every loop iteration."""
     with patched_world(clock, rng):
         loop = VirtualLoop(clock, on_step)
+        loop.on_executor = on_executor
         loop.set_task_factory(_task_factory)  # type: ignore[arg-type]
         loop.set_exception_handler(lambda _loop, _ctx: None)  # crashed nodes leave orphans behind
         try:

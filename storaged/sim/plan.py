@@ -34,6 +34,10 @@ KNOWN_DEFECT_CLASSES: frozenset[str] = frozenset({
 })
 
 
+#: host writes per seed at most in the CI test (fewer than the default: 500 seeds in ~2 minutes)
+CI_MAX_WRITES = 300
+
+
 @dataclass
 class Options:
     """What a batch of seeds may use (the CLI's --off and the CI test set ``enabled``)."""

@@ -61,7 +61,8 @@ def run_seed(seed: int, opts: Options | None = None) -> Result:
     try:
         with world.hooks():
             try:
-                run_virtual(lambda: Scenario(world, plan).run(), world.clock, world.rng, world.sample)
+                run_virtual(lambda: Scenario(world, plan).run(), world.clock, world.rng, world.sample,
+                            lambda: world.count("executor_calls"))
             except Stalled as exc:
                 world.violation("stalled", str(exc))
     finally:

@@ -54,8 +54,8 @@ class Scenario:
     async def command(self, node: SimNode, what: str,
                       fn: Callable[[Array], Coroutine[Any, Any, dict[str, Any]]]) -> dict[str, Any] | None:
         """An operator command on one array (through its command device, as it were)."""
-        if not node.alive:
-            self.world.trace(f"op {node.name} {what}: array down")
+        if not node.ready:  # command devices are served once repl.start() is done
+            self.world.trace(f"op {node.name} {what}: array {'down' if not node.alive else 'starting'}")
             return None
         task = node.spawn(fn(node.array))
         done, _ = await asyncio.wait([task], timeout=300.0)
@@ -288,6 +288,14 @@ class Scenario:
             raise Stop()
         sec = a if ga.role == "secondary" else b
         g = ga if sec is a else gb
+        pri, pg = (b, gb) if sec is a else (a, ga)
+        if pg.state == "FENCED" and g.state != "SSWS":
+            if pg.awaiting_confirm:
+                return False  # restarted: the peer's confirmation lifts the fence (it answers now)
+            # fenced by a swap that did not complete, with the peer still its secondary: an operator
+            # checks that and releases the fence (hostctl pairrelease)
+            await self.command(pri, "pairrelease", lambda x: x.repl.release(GROUP))
+            return False
         if g.state == "SSWS":
             await self.command(sec, "pairresync --swap force", lambda x: x.repl.resync(GROUP, True, swap=True))
             self.hosts.app = sec.name

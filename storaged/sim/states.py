@@ -1,38 +1,41 @@
-"""The pair state table as documented (docs/replication.md "Pair states"), kept here as data so the
-simulator checks the code against the document, not against itself.
+"""Observed state changes checked against the one pair state table, ``storaged.repl.states``.
 
-A side's state is (role, state); SMPL has no role. FENCED (a primary whose host writes are
-stopped: the peer took over, or its role is not confirmed after a restart) is the primary-side
-state the table gained with the fence.
+The simulator samples each side's (role, state) after every event loop step, without looking at
+which event the code applied, so a change made behind the table's back (a state set directly, a
+role change that is not a swap) or two changes in one step show up as a change no single event
+explains. Roles are not in the table; the states' definitions fix them: SSWS is a secondary's
+state, FENCED a primary's, and the role changes only by a swap (SWAP) or a reverse resync
+(REVERSE).
 """
 
 from __future__ import annotations
 
-TRANSITIONS: frozenset[tuple[str, str]] = frozenset({
-    ("SMPL", "COPY"),
-    ("COPY", "PAIR"), ("PAIR", "COPY"),  # paircreate of one more pair in the group
-    ("PAIR", "PSUS"), ("COPY", "PSUS"),
-    ("PAIR", "PSUE"), ("COPY", "PSUE"), ("PSUS", "PSUE"),
-    ("PSUS", "COPY"), ("PSUE", "COPY"),
-    ("PAIR", "SSWS"), ("PSUE", "SSWS"), ("PSUS", "SSWS"),
-})
-PRIMARY_FENCE: frozenset[str] = frozenset({"COPY", "PAIR", "PSUS", "PSUE"})
+from ..repl.states import TABLE, Event, InvalidTransition, State, next_state
+
+ROLE_OF: dict[str, str] = {State.SSWS: "secondary", State.FENCED: "primary"}
+ROLE_CHANGES: frozenset[Event] = frozenset({Event.SWAP, Event.REVERSE})
 
 
-def allowed_transition(old: tuple[str, str], new: tuple[str, str]) -> bool:
+def events_between(old: tuple[str, str], new: tuple[str, str], before_fence: str = "") -> list[Event]:
+    """The events of the table that lead from ``old`` to ``new`` ((role, state); SMPL has no
+    role). ``before_fence`` is what the old side kept to return to from FENCED."""
     (orole, ostate), (nrole, nstate) = old, new
-    if nstate == "SMPL" or ostate == "SMPL" and nstate == "COPY":
-        return True
-    if nstate == "SSWS" and nrole != "secondary" or nstate == "FENCED" and nrole != "primary":
-        return False
-    if orole == nrole:
-        if nrole == "primary" and (nstate == "FENCED" and ostate in PRIMARY_FENCE
-                                   or ostate == "FENCED" and nstate in PRIMARY_FENCE):
-            return True
-        return (ostate, nstate) in TRANSITIONS
-    if orole == "secondary" and nrole == "primary":  # swap, or the SSWS side's reverse resync
-        return (ostate, nstate) in (("PAIR", "PAIR"), ("SSWS", "COPY"))
-    if orole == "primary" and nrole == "secondary":  # the old primary's side of the same
-        return nstate == "PAIR" and ostate in ("PAIR", "FENCED") or \
-            nstate == "COPY" and ostate in ("PAIR", "PSUS", "PSUE", "COPY", "FENCED")
-    return False
+    if ROLE_OF.get(nstate, nrole) != nrole:
+        return []
+    found = []
+    for event in TABLE[State(ostate)]:
+        if orole and nrole and orole != nrole and event not in ROLE_CHANGES:
+            continue
+        try:
+            target = next_state(ostate, event, before_fence or None)
+        except InvalidTransition:  # pragma: no cover - the event is in the row
+            continue
+        if target == nstate:
+            found.append(event)
+    if ostate == State.SMPL or nstate == State.SMPL:  # a group appears (create) or goes (delete)
+        return [e for e in found if e in (Event.CREATE, Event.DELETE)]
+    return found
+
+
+def allowed_transition(old: tuple[str, str], new: tuple[str, str], before_fence: str = "") -> bool:
+    return bool(events_between(old, new, before_fence))

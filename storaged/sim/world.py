@@ -91,6 +91,7 @@ class World:
         self.node_ids: dict[str, int] = {}
         self.ledgers: dict[tuple[str, int], Ledger] = {}
         self.last_state: dict[str, tuple[str, str]] = {}
+        self.last_fence: dict[str, str] = {}  # the state a FENCED side returns to, as last sampled
         self.licence: dict[str, tuple[str, int]] = {}  # secondary -> (old primary, its incarnation)
         self.redo_until: dict[str, int] = {}
         self._watch: PrefixWatch | None = None
@@ -202,16 +203,18 @@ class World:
     def group(self, node: SimNode) -> Group | None:
         return node.array.repl.groups.get(GROUP) if node.alive else None
 
-    def observe(self, node: SimNode, role: str, state: str) -> None:
+    def observe(self, node: SimNode, role: str, state: str, before_fence: str = "") -> None:
         old = self.last_state.get(node.name, ("", "SMPL"))
         new = (role if state != "SMPL" else "", state)
+        old_fence = self.last_fence.get(node.name, "")
+        self.last_fence[node.name] = before_fence
         if old == new:
             return
         self.last_state[node.name] = new
         self.trace(f"{node.name}: {old[0] or '-'}/{old[1]} -> {new[0] or '-'}/{new[1]}")
-        if not allowed_transition(old, new):
+        if not allowed_transition(old, new, old_fence):
             self.violation("state-transition", f"{node.name}: {old[0] or '-'} {old[1]} -> {new[0] or '-'} {new[1]}"
-                                               " is not in the documented table")
+                                               " is no event of the state table (storaged.repl.states)")
         if new[0] == "secondary":  # its volumes now follow the peer: the host-side promises end
             for (name, _lun), ledger in self.ledgers.items():
                 if name == node.name:
@@ -222,12 +225,13 @@ class World:
         for node in self.nodes.values():
             if node.ready:
                 g = node.array.repl.groups.get(GROUP)
-                self.observe(node, g.role if g else "", g.state if g else "SMPL")
+                self.observe(node, g.role if g else "", g.state if g else "SMPL", g.before_fence if g else "")
 
     def booted(self, node: SimNode) -> None:
         """After ``repl.start()``: what the arrays promised their hosts must still be there."""
         g = self.group(node)
         self.last_state[node.name] = ((g.role if g else ""), (g.state if g else "SMPL"))
+        self.last_fence[node.name] = g.before_fence if g else ""
         node.ready = True
         arr = node.array
         j = arr.repl.journals.get(GROUP)
@@ -307,7 +311,7 @@ class World:
             self.violation("svol-accepted-write", f"{me.name} acknowledged write {w.tag} to LUN {w.vol} while its "
                                                   f"group is secondary in {g.state}")
             return
-        if g is None or og is None or not other.alive:
+        if g is None or og is None or not other.ready:  # down or starting: no host can write there
             return
         lu = other.array.luns[(other.array.cfg.targets[0].name, w.vol)].lu
         if lu is None or lu.write_protected:
