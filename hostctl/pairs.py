@@ -422,8 +422,9 @@ class Replicator:
         pst = await self._run(self.primary, Process.JOURNAL_STATUS, {"group": g})
         if "journal_in" not in pst:
             raise ProtocolError(f"{self.primary.where}: JOURNAL_STATUS of {g} has no journal_in")
+        # up to what the primary has made durable (older arrays report journal_in only)
         acq = await self._run(
-            self.secondary, Process.JOURNAL_ACQUIRE, {"group": g, "upto": pst["journal_in"]}
+            self.secondary, Process.JOURNAL_ACQUIRE, {"group": g, "upto": pst.get("durable_in", pst["journal_in"])}
         )
         sst = await self._run(self.secondary, Process.JOURNAL_STATUS, {"group": g})
         read_completed, to_be_read = sst.get("read_completed"), sst.get("to_be_read")
@@ -435,11 +436,14 @@ class Replicator:
             rst = await self._run(
                 self.secondary, Process.JOURNAL_RESTORE, {"group": g, "upto": read_completed}
             )
-        if complete:
+        # the primary may free only what is restored here: the secondary ring mirrors its positions
+        purge_pos = rst.get("restoration_completed") if rst is not None else None
+        purge_seq = _int(rst.get("restored_seq")) if rst is not None else None
+        if purge_pos is not None and purge_seq is not None:
             pur = await self._run(
                 self.primary,
                 Process.JOURNAL_PURGE,
-                {"group": g, "upto_pos": read_completed, "upto_seq": sst.get("read_seq")},
+                {"group": g, "upto_pos": purge_pos, "upto_seq": purge_seq},
             )
         acquired = _int(acq.get("acquired"))
         if acquired is None and read_seq is not None and self._read_seq is not None:
@@ -468,7 +472,7 @@ class Replicator:
             "copying": copying,
             "acquired": acquired,
             "restored": restored,
-            "purged_to_seq": sst.get("read_seq") if complete else None,
+            "purged_to_seq": purge_seq if pur is not None else None,
             "lag_seconds": lag,
         }
 
@@ -480,7 +484,8 @@ def round_text(r: dict[str, Any]) -> str:
             parts.append("restore waits (initial copy running)")
         else:
             parts.append(f"restored {cell(r.get('restored'))}")
-        parts.append(f"purged to seq {cell(r.get('purged_to_seq'))}")
+        if r.get("purge") is not None:
+            parts.append(f"purged to seq {cell(r.get('purged_to_seq'))}")
     else:
         sst = r.get("secondary") or {}
         parts.append(

@@ -146,10 +146,8 @@ class SecondaryRole(PrimaryRole):
         st = status if status is not None else await self._call(g, "repl.journal_status", {"group": g.name})
         durable = int(st.get("durable_in", st["journal_in"]))
         target = durable if upto is None else int(upto)
-        if upto is not None and st.get("durable_in") is not None and \
-                self._ring_ahead(g, int(upto), durable):
-            raise CommandError(ResultStatus.BAD_PARAMETER,
-                               f"acquire up to {upto}: past the primary's durable journal-in {durable}")
+        if upto is not None and st.get("durable_in") is not None and self._ring_ahead(g, int(upto), durable):
+            target = durable  # never past what a power cut of the primary cannot take away
         sb = self.secondary_journal[g.name]
         jstore = self._inner(self._lu(g.sjnl, "secondary journal", g.target))
         if target == g.read_pos:
