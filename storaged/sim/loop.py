@@ -90,7 +90,7 @@ class VirtualLoop(asyncio.BaseEventLoop):
         pass
 
     def run_in_executor(self, executor: Executor | None, func: Callable[[Unpack[Ts]], T],
-                        *args: Unpack[Ts]) -> asyncio.Future[T]:
+                        *args: *Ts) -> asyncio.Future[T]:
         """Run the work inline, now: a real thread would finish at a real-time moment, so the
         virtual time (and the order) at which its result arrives would differ from run to run
         (``asyncio.to_thread``, e.g. ``Replication.save_async``, lands here)."""
