@@ -302,6 +302,8 @@ class Scenario:
         elif g.state in ("PSUS", "PSUE"):
             await self.command(sec, "pairresync force", lambda x: x.repl.resync(GROUP, True))
         elif g.state == "PAIR":
+            if pg.state != "PAIR":  # e.g. the primary suspended and the secondary has not heard yet:
+                return False        # an operator checks both sides (pairdisplay) before trusting PAIR
             r = await self.command(sec, "pairsyncwait", lambda x: x.repl.syncwait(GROUP, None, 10.0))
             return r is not None and r.get("result") == "DONE"
         return False
