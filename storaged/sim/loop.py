@@ -21,6 +21,7 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar, TypeVarTuple, Unpack
 
 T = TypeVar("T")
+SPIN_STEPS = 10_000  # loop steps in a row with work ready and no time passing: someone polls
 Ts = TypeVarTuple("Ts")
 
 #: the wall-clock second the virtual clock starts at (any fixed value; 2027-01-15)
@@ -77,12 +78,28 @@ class VirtualLoop(asyncio.BaseEventLoop):
         self._on_step = on_step
         self._selector = _VirtualSelector(clock)
         self.on_executor: Callable[[], None] | None = None
+        self.on_spin: Callable[[], None] | None = None
+        self._spins = 0
 
     def time(self) -> float:
         return self._clock.now
 
     def _run_once(self) -> None:
+        """One step. A task that polls with ``asyncio.sleep(0)`` keeps the ready queue full, so
+        the virtual clock would never reach the next timer (in real time it just burns CPU until
+        the timer is due): after SPIN_STEPS such steps in a row the clock jumps to that timer."""
+        now = self._clock.now
+        ready, scheduled = self._ready, self._scheduled  # type: ignore[attr-defined]
+        if ready and scheduled:
+            self._spins += 1
+            if self._spins > SPIN_STEPS:
+                self._clock.now = max(now, scheduled[0].when())
+                self._spins = 0
+                if self.on_spin is not None:
+                    self.on_spin()
         super()._run_once()  # type: ignore[misc]
+        if self._clock.now != now:
+            self._spins = 0
         if self._on_step is not None:
             self._on_step()
 
@@ -136,12 +153,14 @@ def patched_world(clock: VirtualClock, rng: random.Random) -> Iterator[None]:
 
 
 def run_virtual(main: Callable[[], Coroutine[Any, Any, T]], clock: VirtualClock, rng: random.Random,
-                on_step: Callable[[], None] | None = None, on_executor: Callable[[], None] | None = None) -> T:
+                on_step: Callable[[], None] | None = None, on_executor: Callable[[], None] | None = None,
+                on_spin: Callable[[], None] | None = None) -> T:
     """Run ``main()`` to completion on a fresh virtual loop with the world patched; ``on_step``
     runs after every loop iteration."""
     with patched_world(clock, rng):
         loop = VirtualLoop(clock, on_step)
         loop.on_executor = on_executor
+        loop.on_spin = on_spin
         loop.set_task_factory(_task_factory)  # type: ignore[arg-type]
         loop.set_exception_handler(lambda _loop, _ctx: None)  # crashed nodes leave orphans behind
         try:

@@ -62,7 +62,7 @@ def run_seed(seed: int, opts: Options | None = None) -> Result:
         with world.hooks():
             try:
                 run_virtual(lambda: Scenario(world, plan).run(), world.clock, world.rng, world.sample,
-                            lambda: world.count("executor_calls"))
+                            lambda: world.count("executor_calls"), lambda: world.count("busy_waits"))
             except Stalled as exc:
                 world.violation("stalled", str(exc))
     finally:

@@ -104,4 +104,7 @@ def test_planted_bug_resync_regions_dropped_early_is_found(monkeypatch: pytest.M
     monkeypatch.setattr(Array, "call", forgetful)
     found = _first_violation(FOCUS_RESYNC, range(200))
     assert found is not None, "no violation in 200 seeds"
-    assert any(k in ("final-p-ne-s", "svol-not-prefix", "inconsistent-after-copy") for k, _ in found[1]), found
+    # since the drain waits for both sides to show PAIR, the plant can also end with the primary
+    # left PSUS under a secondary in PAIR (the pair never converges): seed 32
+    assert any(k in ("final-p-ne-s", "svol-not-prefix", "inconsistent-after-copy", "no-convergence")
+               for k, _ in found[1]), found
