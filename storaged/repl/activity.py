@@ -255,13 +255,21 @@ async def recover_primary(jstore: Backstore, group: str, out_pos: int, out_seq: 
     from .primary import REGION
 
     journal, tail = await PrimaryJournal.open(jstore, group, out_pos, out_seq)
-    await redo(tail, volumes)
+    redone: dict[int, set[int]] = {}
+    if journaling:
+        await redo(tail, volumes)
+    else:
+        # Suspended: writes after the tail went to the bitmap and may be newer than it; a redo
+        # would put older data over acknowledged, flushed writes. The regions are resynced instead.
+        for e in tail:
+            redone.setdefault(e.volume, set()).update(range(e.offset // REGION,
+                                                            (e.offset + max(e.length, 1) - 1) // REGION + 1))
 
     async def flush(vols: set[int]) -> None:
         await asyncio.gather(*(volumes[v].flush() for v in vols if v in volumes))
 
     al, keys = await ActivityLog.load(journal, extent, slots, flush)
-    rec = Recovered(journal, al, tail, al.ranges(keys))
+    rec = Recovered(journal, al, tail, al.ranges(keys), unjournaled=redone)
     for volume, offset, length in rec.suspects:
         store = volumes.get(volume)
         if store is None:

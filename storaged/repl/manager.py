@@ -55,6 +55,10 @@ class Replication(TakeoverRole):
             else:
                 self.secondary_journal[g.name] = Superblock(g.name, g.block_size, g.head, g.end, g.epoch)
                 self._protect(g)
+                if g.read_seq > g.restored_seq and not (g.state == State.COPY and g.copying()):
+                    # a restore batch a crash interrupted left the S-VOLs torn: finish it now,
+                    # from this array's own journal, before anything reads them as consistent
+                    await self.restore(g)
                 if g.state == State.SSWS:
                     self._track_writes(g)
                 self._spawn(g)
@@ -77,7 +81,10 @@ class Replication(TakeoverRole):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
-            async with self.orders[g.name].lock:
+            order = self.orders.get(g.name)
+            if order is None or self.groups.get(g.name) is not g:
+                return  # deleted or swapped meanwhile
+            async with order.lock:
                 if not g.awaiting_confirm or self.groups.get(g.name) is not g:
                     return
                 g.awaiting_confirm = False

@@ -88,6 +88,8 @@ class Group:
             raise CommandError(ResultStatus.WRONG_STATE, f"group {self.name}: {exc}") from None
         if new == State.FENCED and self.state != State.FENCED:
             self.before_fence = self.state
+        elif new == State.FENCED and event == Event.FAIL:
+            self.before_fence = State.PSUE.value  # a failure while fenced: resume suspended, not PAIR
         elif new != State.FENCED:
             self.before_fence = ""
         self.state = new.value

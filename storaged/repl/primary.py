@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from ..backstore.base import Backstore, Extent, first_difference
+from ..backstore.base import Backstore, BackstoreUnavailable, Extent, first_difference
 from .activity import ActivityLog
 from .journal import JournalFull, PrimaryJournal, Reservation
 
@@ -48,6 +48,7 @@ class WriteOrder:
         self.delay_limit = delay_limit
         self.lock = asyncio.Lock()
         self.journaling = True
+        self.fenced = False  # FENCED: no host write may enter the order
         self.dirty: dict[int, set[int]] = {}
         #: each P-VOL's own store (registered by JournaledStore), for flushes before a purge
         self.volumes: dict[int, Backstore] = {}
@@ -104,7 +105,10 @@ class WriteOrder:
     def _reserve(self, volume: int, offset: int, data: bytes | bytearray | memoryview,
                  zero: int) -> tuple[Reservation | None, list[asyncio.Future[None]]]:
         """Under the lock: the write's place in the group's order, or the bitmap persists to wait
-        for when not journaling."""
+        for when not journaling. A write that passed the LU's write-protect check just before a
+        fence is refused here (NOT READY): it is past the fence in the group's order."""
+        if self.fenced:
+            raise BackstoreUnavailable("the group's P-VOLs are fenced")
         if self.journaling:
             try:
                 return self.journal.reserve(volume, offset, data, zero_length=zero), []
@@ -232,6 +236,12 @@ class WriteOrder:
         """Flush the P-VOLs (all, or those named) side by side."""
         stores = [s for v, s in self.volumes.items() if volumes is None or v in volumes]
         await asyncio.gather(*(s.flush() for s in stores))
+
+    async def drain(self) -> None:
+        """Wait until every write already in the order (journaled or bitmap-tracked) has finished:
+        a fence or a resync then sees all of them."""
+        for f in list(self._inflight):
+            await f.done.wait()
 
     async def make_volumes_durable(self, upto_seq: int | None = None) -> None:
         """Before journal-out is persisted by a purge up to ``upto_seq`` (default: everything

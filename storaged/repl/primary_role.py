@@ -18,7 +18,7 @@ from .journal import (
     decode_header,
 )
 from .model import Group, Pair
-from .states import JOURNALING, PRIMARY_WRITABLE, Event, State
+from .states import JOURNALING, PRIMARY_WRITABLE, Event, State, allowed
 from .activity import ActivityLog, recover_primary
 from .primary import REGION, JournaledStore, WriteOrder
 
@@ -67,9 +67,10 @@ class PrimaryRole(ReplicationCore):
         the bitmap in PSUS/PSUE, refused (DATA PROTECT) when FENCED."""
         state = State(g.state)
         order = self.orders.get(g.name)
+        g.fenced = state not in PRIMARY_WRITABLE
         if order is not None:
             order.journaling = state in JOURNALING
-        g.fenced = state not in PRIMARY_WRITABLE
+            order.fenced = g.fenced
         for p in g.pairs:
             self._lu(p.pvol, "P-VOL", g.target).write_protected = g.fenced
 
@@ -119,6 +120,8 @@ class PrimaryRole(ReplicationCore):
             else:
                 if g.role != "primary" or g.peer != peer or g.pjnl != pjnl or g.target != target:
                     raise RemoteError(Status.BAD_REQUEST, f"group {name} exists with other roles or journals")
+                if not allowed(g.state, Event.CREATE):
+                    raise RemoteError(Status.WRONG_STATE, f"group {name} is {g.state}: no pair can be added")
                 if pvol in g.pvols() or (self._tname(g.target), pvol) in used:
                     raise RemoteError(Status.BAD_REQUEST, f"LUN {pvol} is already paired")
                 g.pairs.append(Pair(pvol, svol, "COPY", lu.num_blocks * lu.block_size))
@@ -195,6 +198,7 @@ class PrimaryRole(ReplicationCore):
         order = self.orders[name]
         j = self.journals[name]
         async with order.lock:
+            await order.drain()  # bitmap-tracked writes in flight land before their regions are handed out
             if g.state != State.COPY:
                 self._primary_event(g, Event.RESYNC)
             restarted = j.recover_from_failure()
@@ -230,9 +234,11 @@ class PrimaryRole(ReplicationCore):
         """Stop host writes to the P-VOLs (takeover by the peer): they answer DATA PROTECT from now on.
         Taken under the write-order lock, so every write already acknowledged is in the journal."""
         g = self._primary(name)
-        async with self.orders[name].lock:
+        order = self.orders[name]
+        async with order.lock:
             g.awaiting_confirm = False  # the peer has spoken: no restart confirmation may lift this
             self._primary_event(g, Event.FENCE, why or f"{g.peer} is taking over (swap)")
+        await order.drain()  # writes ordered before the fence are committed (and answered) first
         log.warning("group %s: P-VOLs fenced (read-only)%s", name, f": {why}" if why else "")
         return await self.primary_status(name)
 

@@ -142,6 +142,8 @@ class SecondaryRole(PrimaryRole):
         """Journal acquisition (Fig. 13): read the primary ring's new bytes into our journal, up
         to the primary's *durable* journal-in: an entry a power cut of the primary could still
         lose is never taken, so the S-VOL never holds a write the P-VOL may not have."""
+        if g.role != "secondary" or g.state == State.SSWS:
+            raise _wrong_state(g, "journal acquisition", ("PAIR", "COPY", "PSUS", "PSUE"))
         link = self._link(g)
         st = status if status is not None else await self._call(g, "repl.journal_status", {"group": g.name})
         durable = int(st.get("durable_in", st["journal_in"]))
@@ -170,6 +172,8 @@ class SecondaryRole(PrimaryRole):
 
     async def restore(self, g: Group) -> int:
         """Restore (Fig. 14): apply every acquired entry, in sequence order, to the S-VOLs."""
+        if g.role != "secondary" or g.state == State.SSWS:
+            raise _wrong_state(g, "restore", ("PAIR", "PSUS", "PSUE"))
         if g.state == State.COPY and g.copying():
             raise _wrong_state(g, "restore while volumes are being copied", ("PAIR", "PSUS", "PSUE"))
         sb = self.secondary_journal[g.name]

@@ -33,7 +33,7 @@ class TakeoverRole(SecondaryRole):
             raise CommandError(ResultStatus.BAD_PARAMETER, f"group {name} is already primary here; nothing to take over")
         if not allowed(g.state, Event.TAKEOVER):
             raise _wrong_state(g, "takeover", ("PAIR", "PSUE", "PSUS"))
-        if g.copying() or g.copy_regions:
+        if g.copying() or g.copy_regions or g.restored_seq < g.copy_until_seq:
             raise CommandError(ResultStatus.WRONG_STATE,
                                f"group {name}'s S-VOLs are inconsistent: a copy from {g.peer} was interrupted "
                                f"({sum(len(v) for v in g.copy_regions.values())} ranges left); resync first")
@@ -57,6 +57,9 @@ class TakeoverRole(SecondaryRole):
                 await self._swap(g)
             else:
                 await self.restore(g)
+                if reachable:  # the primary answers (PSUS/PSUE): stop its hosts first, or both write
+                    await self._call(g, "repl.fence", {"group": name, "why": f"{self.array.name} took over"})
+                    g.fenced = True
                 g.apply(Event.TAKEOVER, "" if reachable else "takeover while the primary was unreachable")
                 g.writable = True
                 self._protect(g)
@@ -140,6 +143,8 @@ class TakeoverRole(SecondaryRole):
             copy = {str(svol_of[int(v)]): [(r * region, min(region, sizes[int(v)] - r * region)) for r in sorted(rs)]
                     for v, rs in regions.items()}
             g.dirty = {}
+            for p in g.pairs:  # what was written here in SSWS must survive a crash during the copy back
+                await self._inner(self._lu(p.svol, "S-VOL", g.target)).flush()
             info = await self._become_primary(g, Event.REVERSE)
             await self._call(g, "repl.become_secondary", {**info, "copy_regions": copy})
         return {"group": name, "state": "COPY", "role": "primary",
