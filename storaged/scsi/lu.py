@@ -9,7 +9,6 @@ descriptor sense as the Control mode page's D_SENSE bit says.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ from ..backstore.base import Backstore, BackstoreError, BackstoreFull, Backstore
 from . import pr, sbc, spc, xcopy
 from .modes import ModePages
 from .ops import Access, OpEntry, OpInfo, build_table
+from .ranges import HeldRange, RangeTracker
 from .sense import Reason, ReservationConflict, ScsiError, build_sense, cdb_error, sense_of_error
 from .types import Nexus, ScsiCommand, ScsiResult, Status
 
@@ -111,8 +111,10 @@ class LogicalUnit:
         self.pr = pr.PersistentReservations(self)
         #: SPC-2 RESERVE holder
         self.res2: Nexus | None = None
-        #: serialises read-modify-write commands (COMPARE AND WRITE, ORWRITE) against writes
-        self.rmw_lock = asyncio.Lock()
+        #: writes in flight by byte range: COMPARE AND WRITE, WRITE ATOMIC and ORWRITE take their
+        #: range exclusively against writes already in flight and those arriving meanwhile
+        self.ranges = RangeTracker()
+        #: unused; kept while storaged/array/volumes.py still counts its peer CAWs here
         self.rmw_active = 0
         #: EXTENDED COPY results retained per (nexus, list id)
         self.copy_results: dict[tuple[Nexus, int], bytes] = {}
@@ -184,12 +186,37 @@ class LogicalUnit:
         return bool(self.pr.type) and access is not Access.ALLOW and self.pr.conflicts(nexus, access)
 
     async def store(self, offset: int, data: bytes | bytearray | memoryview, fua: bool) -> None:
-        """Write through the backstore, waiting for an in-flight COMPARE AND WRITE if there is one."""
-        if self.rmw_active:
-            async with self.rmw_lock:
-                await self.backstore.write(offset, data, fua)
-        else:
+        """Write through the backstore with the range held (shared) for the whole write, so a
+        COMPARE AND WRITE waits for it; waits itself only for an overlapping one in flight."""
+        ranges = self.ranges
+        hold = ranges.shared(offset, offset + len(data))
+        try:
+            if hold.blockers:
+                await ranges.wait(hold)
             await self.backstore.write(offset, data, fua)
+        finally:
+            ranges.release(hold)
+
+    async def zero(self, offset: int, length: int, unmap: bool) -> None:
+        """Deallocate (``unmap``) or zero a range, held like a write."""
+        async with self.ranges.writing(offset, offset + length):
+            if unmap:
+                await self.backstore.unmap(offset, length)
+            else:
+                await self.backstore.write_zeroes(offset, length)
+
+    async def compare_and_write(self, offset: int, expected: bytes | bytearray | memoryview,
+                                data: bytes | bytearray | memoryview, fua: bool) -> int:
+        """The backstore's compare-and-write with the range held exclusively: it sees the range
+        before or after each overlapping write, never in between (-1, or first differing offset)."""
+        async with self.ranges.locked(offset, offset + len(expected)):
+            return await self.backstore.compare_and_write(offset, expected, data, fua)
+
+    @property
+    def rmw_lock(self) -> HeldRange:
+        """The whole LU held exclusively (``async with lu.rmw_lock``), for callers written before
+        range tracking (storaged/array/volumes.py's peer CAW); new code holds only its range."""
+        return self.ranges.locked(0, self.num_blocks * self.block_size)
 
     # --- unit attentions -------------------------------------------------------------------
 

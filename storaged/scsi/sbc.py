@@ -1,8 +1,9 @@
 """Block commands (SBC-3): reads, writes, verify, caches, provisioning, capacity.
 
 READ/WRITE 10 and 16 are the hot path: one ``struct.unpack_from``, a range check and the backstore
-call, nothing else allocated. Read-modify-write commands (COMPARE AND WRITE, ORWRITE) hold the LU's
-``rmw_lock``; plain writes only take it while such a command is in flight, so they stay cheap.
+call and a small record of the range in flight (:mod:`storaged.scsi.ranges`). COMPARE AND WRITE,
+WRITE ATOMIC and ORWRITE hold their range exclusively: they wait for overlapping writes already in
+flight and hold off new ones, so they never act on a half-landed write.
 """
 
 from __future__ import annotations
@@ -48,14 +49,6 @@ def _data(cmd: ScsiCommand, need: int, res: ScsiResult) -> memoryview | bytes | 
     if have > need:
         return memoryview(data)[:need]  # type: ignore[arg-type]
     return None
-
-
-async def _store(lu: LogicalUnit, offset: int, data: bytes | bytearray | memoryview, fua: bool) -> None:
-    if lu.rmw_active:
-        async with lu.rmw_lock:
-            await lu.backstore.write(offset, data, fua)
-    else:
-        await lu.backstore.write(offset, data, fua)
 
 
 # --- READ ----------------------------------------------------------------------------------
@@ -132,7 +125,7 @@ async def _write(
     res = ScsiResult(GOOD)
     args = _write_args(lu, cmd, flags, lba, n, len_field, res)
     if args is not None:
-        await _store(lu, args[0], args[1], bool(flags & 0x08) or lu.write_through)
+        await lu.store(args[0], args[1], bool(flags & 0x08) or lu.write_through)
     return res
 
 
@@ -163,8 +156,8 @@ async def write16(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
 async def write_atomic16(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     """WRITE ATOMIC(16) (SBC-4): all or nothing with respect to other commands on the LU.
 
-    Holding the read-modify-write lock keeps COMPARE AND WRITE, ORWRITE and (while the lock is
-    busy) plain writes from interleaving; a length limit keeps the write a single backstore call.
+    Its range held exclusively, no overlapping write lands between its pieces or tears it
+    (it waits for those in flight); a length limit keeps the write a single backstore call.
     """
     cdb = cmd.cdb
     lba = struct.unpack_from(">Q", cdb, 2)[0]
@@ -177,12 +170,9 @@ async def write_atomic16(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     args = _write_args(lu, cmd, cdb[1], lba, n, 12, res)
     if args is None:
         return res
-    lu.rmw_active += 1
-    try:
-        async with lu.rmw_lock:
-            await lu.backstore.write(args[0], args[1], bool(cdb[1] & 0x08) or lu.write_through)
-    finally:
-        lu.rmw_active -= 1
+    offset, data = args
+    async with lu.ranges.locked(offset, offset + len(data)):
+        await lu.backstore.write(offset, data, bool(cdb[1] & 0x08) or lu.write_through)
     return res
 
 
@@ -280,20 +270,15 @@ async def compare_and_write(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     if n == 0:
         return ScsiResult(GOOD)
     view = memoryview(data)  # type: ignore[arg-type]
-    lu.rmw_active += 1
-    try:
-        async with lu.rmw_lock:
-            diff = await lu.backstore.compare_and_write(lba * bs, view[: n * bs], view[n * bs :],
-                                                        bool(cdb[1] & 0x08) or lu.write_through)
-            if diff >= 0:
-                raise ScsiError(Reason.MISCOMPARE_DURING_VERIFY, info=diff)
-    finally:
-        lu.rmw_active -= 1
+    diff = await lu.compare_and_write(lba * bs, view[: n * bs], view[n * bs :],
+                                      bool(cdb[1] & 0x08) or lu.write_through)
+    if diff >= 0:
+        raise ScsiError(Reason.MISCOMPARE_DURING_VERIFY, info=diff)
     return ScsiResult(GOOD)
 
 
 async def orwrite16(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
-    """ORWRITE(16): OR the Data-Out into the medium (SBC-3 5.9), under the read-modify-write lock."""
+    """ORWRITE(16): OR the Data-Out into the medium (SBC-3 5.9), its range held exclusively."""
     cdb = cmd.cdb
     if cdb[1] & 0xE0:
         raise cdb_error(1, 7)
@@ -311,16 +296,12 @@ async def orwrite16(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     data = cmd.data_out
     if data is None or len(data) < need:
         raise cdb_error(10)
-    lu.rmw_active += 1
-    try:
-        async with lu.rmw_lock:
-            current = await lu.backstore.read(lba * bs, need)
-            merged = int.from_bytes(current, "little") | int.from_bytes(data[:need], "little")
-            await lu.backstore.write(
-                lba * bs, merged.to_bytes(need, "little"), bool(cdb[1] & 0x08) or lu.write_through
-            )
-    finally:
-        lu.rmw_active -= 1
+    async with lu.ranges.locked(lba * bs, lba * bs + need):
+        current = await lu.backstore.read(lba * bs, need)
+        merged = int.from_bytes(current, "little") | int.from_bytes(data[:need], "little")
+        await lu.backstore.write(
+            lba * bs, merged.to_bytes(need, "little"), bool(cdb[1] & 0x08) or lu.write_through
+        )
     return ScsiResult(GOOD)
 
 
@@ -362,20 +343,20 @@ async def _write_same(
     if n == 0:
         return ScsiResult(GOOD)
     offset, length = lba * bs, n * bs
-    if unmap:
+    if unmap or block is None or not any(block):
         # Like LIO, UNMAP=1 deallocates whatever the block holds (libiscsi's WriteSame10.UnmapUntilEnd
         # sends a non-zero block and expects zeros back, which LBPRZ=1 then guarantees).
-        await lu.backstore.unmap(offset, length)
-    elif block is None or not any(block):
-        await lu.backstore.write_zeroes(offset, length)
+        await lu.zero(offset, length, unmap)
     else:
         per = max(1, min(n, _WS_CHUNK // bs))
         chunk = block * per
         pos, end = offset, offset + length
-        while pos < end:
-            step = min(len(chunk), end - pos)
-            await _store(lu, pos, chunk if step == len(chunk) else chunk[:step], False)
-            pos += step
+        # the whole range held while its pieces land: a CAW sees all of them or none
+        async with lu.ranges.writing(offset, end):
+            while pos < end:
+                step = min(len(chunk), end - pos)
+                await lu.backstore.write(pos, chunk if step == len(chunk) else chunk[:step], False)
+                pos += step
     if lu.write_through:
         await lu.backstore.flush()
     return ScsiResult(GOOD)
@@ -422,7 +403,7 @@ async def unmap(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
             ranges.append((lba, n))
     bs = lu.block_size
     for lba, n in ranges:
-        await lu.backstore.unmap(lba * bs, n * bs)
+        await lu.zero(lba * bs, n * bs, True)
     return ScsiResult(GOOD)
 
 
