@@ -194,7 +194,7 @@ def _pair_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     ps = sub.add_parser(
         "pairsplit",
         parents=[common],
-        help="suspend a group: PAIR/COPY -> PSUS (PAIR_SPLIT)",
+        help="suspend a group: PAIR -> PSUS (PAIR_SPLIT)",
         description="Split a pair group (PAIR_SPLIT on --array, default the local array).",
     )
     _group(ps)

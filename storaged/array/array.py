@@ -287,7 +287,9 @@ class Array:
         rc = self.cfg.remote
         if rc.listen is not None:
             host, port = parse_hostport(rc.listen, "remote.listen", self.cfg.source)
-            self.link_server = LinkServer(self.name, self.uuid, {p.name: p.secret for p in rc.peers}, self)
+            self.link_server = LinkServer(self.name, self.uuid, {p.name: p.secret for p in rc.peers}, self,
+                                          max_unauthenticated=rc.max_unauthenticated,
+                                          handshake_timeout=rc.handshake_timeout)
             self.link_address = await self.link_server.start(host, port)
             log.info("remote link listening on %s:%d (peers: %s)", *self.link_address,
                      ", ".join(p.name for p in rc.peers) or "none")

@@ -232,7 +232,7 @@ class Replication(TakeoverRole):
     async def split(self, name: str, rw: bool) -> dict[str, Any]:
         g = self._group(name)
         if not allowed(g.state, Event.SPLIT):
-            raise _wrong_state(g, "pairsplit", ("PAIR", "COPY"))
+            raise _wrong_state(g, "pairsplit", ("PAIR",))
         if g.role == "primary":
             result = await self._call(g, "repl.forward", {"op": "split", "group": name, "rw": rw})
             return {**result, "via": g.peer}

@@ -186,7 +186,8 @@ class PrimaryRole(ReplicationCore):
         g = self._primary(name)
         order = self.orders[name]
         async with order.lock:
-            self._primary_event(g, Event.SPLIT)
+            if g.state != State.PSUS:  # a retry after a lost reply finds it split already
+                self._primary_event(g, Event.SPLIT)
         return {"state": g.state}
 
     async def _primary_resync(self, name: str) -> dict[str, Any]:

@@ -234,6 +234,10 @@ class SecondaryRole(PrimaryRole):
             if pstate == State.PSUE and g.state in (State.PAIR, State.COPY):
                 g.apply(Event.FAIL, st.get("error") or "suspended by the primary")
                 self.save()
+            elif pstate == State.PSUS and g.state == State.PAIR:
+                g.apply(Event.SPLIT, "split on the primary (the reply to this array was lost)")
+                self._protect(g)
+                self.save()
             elif pstate == State.COPY and g.state == State.PAIR:
                 await self._call(g, "repl.copy_done", {"group": g.name})  # an earlier report was lost
             return {"acquired": got["acquired"], "restored": restored}

@@ -52,8 +52,9 @@ S, E = State, Event
 #: None as a target means "back to the state before the fence" (kept with the group)
 TABLE: dict[State, dict[Event, State | None]] = {
     S.SMPL: {E.CREATE: S.COPY},
-    S.COPY: {E.CREATE: S.COPY, E.COPY_DONE: S.PAIR, E.SPLIT: S.PSUS, E.FAIL: S.PSUE, E.FENCE: S.FENCED,
-             E.DELETE: S.SMPL},
+    # no SPLIT in COPY: the S-VOLs hold a fuzzy copy until restore passes its end, and PSUS promises
+    # a consistent S-VOL (pairdelete, or wait for PAIR)
+    S.COPY: {E.CREATE: S.COPY, E.COPY_DONE: S.PAIR, E.FAIL: S.PSUE, E.FENCE: S.FENCED, E.DELETE: S.SMPL},
     S.PAIR: {E.CREATE: S.COPY, E.SPLIT: S.PSUS, E.FAIL: S.PSUE, E.TAKEOVER: S.SSWS, E.SWAP: S.PAIR,
              E.FENCE: S.FENCED, E.DELETE: S.SMPL},
     S.PSUS: {E.RESYNC: S.COPY, E.FAIL: S.PSUE, E.TAKEOVER: S.SSWS, E.FENCE: S.FENCED, E.DELETE: S.SMPL},

@@ -333,7 +333,9 @@ class World:
                                              f"{other.name}'s LUN {w.vol} is writable too: {why}")
 
     def check_prefix(self) -> None:
-        sec = next((n for n in self.nodes.values() if n.alive and (g := self.group(n)) is not None
+        # only once start-up is done: until then no host can read the S-VOLs, and start-up itself
+        # finishes a restore batch a crash interrupted (re-applying it passes through torn states)
+        sec = next((n for n in self.nodes.values() if n.alive and n.ready and (g := self.group(n)) is not None
                     and g.role == "secondary"), None)
         g = self.group(sec) if sec is not None else None
         if sec is None or g is None or g.state not in ("PAIR", "PSUE", "PSUS") or g.writable \
