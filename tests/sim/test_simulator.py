@@ -52,6 +52,8 @@ def _first_violation(opts: Options, seeds: range) -> tuple[int, list[tuple[str, 
 
 
 FOCUS_RESTORE = Options(enabled=frozenset({"resync", "split", "partition", "drop"}), max_writes=200)
+#: a small journal that wraps: a purge past what the secondary has taken lets the primary overwrite it
+FOCUS_PURGE = Options(enabled=frozenset({"partition", "drop", "journal_full"}), max_writes=200)
 FOCUS_RESYNC = Options(enabled=frozenset({"resync", "split", "lost_reply", "partition"}), max_writes=200)
 
 
@@ -81,25 +83,25 @@ def test_planted_bug_purge_past_restored_is_found(monkeypatch: pytest.MonkeyPatc
     async def greedy(self: PrimaryJournal, upto_pos: int, upto_seq: int) -> None:
         await real(self, self.committed_pos, self.committed_seq + 1)
 
-    assert _first_violation(FOCUS_RESTORE, range(10)) is None
+    assert _first_violation(FOCUS_PURGE, range(10)) is None
     monkeypatch.setattr(PrimaryJournal, "purge", greedy)
-    found = _first_violation(FOCUS_RESTORE, range(200))
+    found = _first_violation(FOCUS_PURGE, range(200))
     assert found is not None, "no violation in 200 seeds"
 
 
 def test_planted_bug_resync_regions_dropped_early_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
-    """(c) the primary forgets its differential regions as soon as it answers repl.resync, before
-    the secondary confirms the copy: a lost reply then loses them."""
+    """(c) the primary drops its differential regions when the secondary asks for a resync, before
+    the secondary has them (the old code cleared them before a reply that could be lost; the
+    regions are now kept until ``repl.copy_done``, so the plant drops them outright)."""
     real = Array.call
 
     async def forgetful(self: Array, peer: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        result = await real(self, peer, method, params)
         if method == "repl.resync":
             g = self.repl.groups[str(params["group"])]
             g.dirty = {}
             self.repl.orders[g.name].dirty = {}
             self.repl.save()
-        return result
+        return await real(self, peer, method, params)
 
     monkeypatch.setattr(Array, "call", forgetful)
     found = _first_violation(FOCUS_RESYNC, range(200))
