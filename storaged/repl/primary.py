@@ -31,6 +31,18 @@ class _InFlight:
     seq: int = 0  # its journal entry (0: not journaled)
 
 
+@dataclass(slots=True, eq=False)
+class _Ticket:
+    """A write's place in the group's order, between _enter (under the lock) and _land."""
+
+    r: Reservation | None
+    marks: list[asyncio.Future[None]]
+    me: _InFlight
+    waits: list[asyncio.Event]
+    al: ActivityLog | None
+    hot: Awaitable[None] | None
+
+
 class WriteOrder:
     """One journal group's write order on the primary, and what happens when the journal is full.
 
@@ -148,31 +160,43 @@ class WriteOrder:
         self._inflight.append(me)
         return me, waits
 
-    async def _ordered(self, volume: int, start: int, end: int, data: bytes | bytearray | memoryview,
-                       zero: int, op: Callable[[], Awaitable[None]]) -> None:
-        """The common path of WRITE, UNMAP and WRITE SAME: reserve, commit, activity log, volume."""
-        async with self.lock:
-            r, marks = self._reserve(volume, start, data, zero)
-            me, waits = self._register(volume, start, end, r.seq if r is not None else 0)
-            al = self.activity if r is not None else None
-            hot = al.enter(volume, start, end) if al is not None else None
+    def _enter(self, volume: int, start: int, end: int, data: bytes | bytearray | memoryview,
+               zero: int) -> _Ticket:
+        """Under the lock: the write's place in the order (journal entry or bitmap mark), its
+        in-flight record and the earlier overlapping writes to wait for, its activity-log extent."""
+        r, marks = self._reserve(volume, start, data, zero)
+        me, waits = self._register(volume, start, end, r.seq if r is not None else 0)
+        al = self.activity if r is not None else None
+        hot = al.enter(volume, start, end) if al is not None else None
+        return _Ticket(r, marks, me, waits, al, hot)
+
+    async def _land(self, t: _Ticket, op: Callable[[], Awaitable[None]]) -> None:
+        """Commit the entry, wait for the activity log and earlier overlapping writes, then the
+        volume write; a volume failure after the commit suspends with the region marked."""
         try:
-            await self._commit(r, marks)
-            if hot is not None:
-                await asyncio.shield(hot)
-            for w in waits:
+            await self._commit(t.r, t.marks)
+            if t.hot is not None:
+                await asyncio.shield(t.hot)
+            for w in t.waits:
                 await w.wait()
             try:
                 await op()
             except Exception as exc:
-                if r is not None:
-                    await self._volume_failed(r, exc)
+                if t.r is not None:
+                    await self._volume_failed(t.r, exc)
                 raise
         finally:
-            me.done.set()
-            self._inflight.remove(me)
-            if al is not None:
-                al.leave(volume, start, end)
+            t.me.done.set()
+            self._inflight.remove(t.me)
+            if t.al is not None:
+                t.al.leave(t.me.volume, t.me.start, t.me.end)
+
+    async def _ordered(self, volume: int, start: int, end: int, data: bytes | bytearray | memoryview,
+                       zero: int, op: Callable[[], Awaitable[None]]) -> None:
+        """The common path of WRITE, UNMAP and WRITE SAME: reserve, commit, activity log, volume."""
+        async with self.lock:
+            ticket = self._enter(volume, start, end, data, zero)
+        await self._land(ticket, op)
 
     async def _volume_failed(self, r: Reservation, exc: Exception) -> None:
         """The entry is committed (and will reach the S-VOL) but the P-VOL write failed: suspend
@@ -203,25 +227,9 @@ class WriteOrder:
             for f in [f for f in self._inflight if f.volume == volume and f.start < end and offset < f.end]:
                 await f.done.wait()
             diff = first_difference(await store.read(offset, len(expected)), expected)
-            if diff < 0:
-                r, marks = self._reserve(volume, offset, data, 0)
-                me, _ = self._register(volume, offset, end, r.seq if r is not None else 0)
-                al = self.activity if r is not None else None
-                hot = al.enter(volume, offset, end) if al is not None else None
-                try:
-                    await self._commit(r, marks)
-                    if hot is not None:
-                        await asyncio.shield(hot)
-                    await store.write(offset, data, False)
-                except Exception as exc:
-                    if r is not None:
-                        await self._volume_failed(r, exc)
-                    raise
-                finally:
-                    me.done.set()
-                    self._inflight.remove(me)
-                    if al is not None:
-                        al.leave(volume, offset, end)
+            if diff < 0:  # written under the lock: no overlapping write can come between
+                await self._land(self._enter(volume, offset, end, data, 0),
+                                 lambda: store.write(offset, data, False))
         if diff < 0 and fua:
             await self.sync(store)
         return diff
