@@ -8,4 +8,6 @@
 * :mod:`hostctl.__main__` - the CLI, ``main(argv) -> int``
 """
 
-__version__ = "0.1.0"
+from storaged import __version__  # one version for the distribution: see storaged/__init__.py
+
+__all__ = ["__version__"]

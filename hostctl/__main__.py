@@ -369,7 +369,7 @@ async def _dispatch(args: argparse.Namespace, host: Host, timeout: float, out: T
     if args.json:
         _print_json(data, out)
     elif args.command == "info":
-        out.write(render_info(data) + "\n")
+        out.write(render_info(data, client_version=__version__) + "\n")
     elif args.command == "luns":
         luns = data.get("luns") or []
         out.write((luns_table(luns) if luns else "(no LUNs)") + "\n")

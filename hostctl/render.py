@@ -167,12 +167,15 @@ def _int(v: Any) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) else 1 << 30
 
 
-def render_info(data: dict[str, Any]) -> str:
+def render_info(data: dict[str, Any], client_version: str | None = None) -> str:
+    """ARRAY_INFO for people; ``client_version`` (hostctl's own) follows the array's version."""
     pairs = [
         ("array", _get(data, "array", "name")),
         ("version", data.get("version")),
-        ("uuid", data.get("uuid")),
     ]
+    if client_version is not None:
+        pairs.append(("hostctl", client_version))
+    pairs.append(("uuid", data.get("uuid")))
     if "uptime" in data:
         pairs.append(("uptime", duration(data["uptime"])))
     if "portal" in data:

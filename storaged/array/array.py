@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .. import __version__
 from ..backstore.base import Backstore
 from ..backstore.sparsefile import SparseFileBackstore
 from ..cmddev.commands import build_dispatcher
@@ -35,7 +36,7 @@ from .volumes import LuVolume
 
 log = logging.getLogger("storaged.array")
 
-VERSION = "0.2.0"
+VERSION = __version__  # pyproject.toml, through the installed metadata (storaged/__init__.py)
 
 
 @dataclass(slots=True)
