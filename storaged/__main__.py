@@ -19,6 +19,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--config", metavar="FILE", help="array configuration (YAML)")
     ap.add_argument("--listen", metavar="HOST:PORT", help="iSCSI portal address (port 0 picks a free port)")
     ap.add_argument("--data-dir", metavar="DIR", help="where LUN files and array tables live")
+    ap.add_argument("--metrics-listen", metavar="HOST:PORT",
+                    help="serve Prometheus metrics on http://HOST:PORT/metrics (overrides metrics.listen)")
     ap.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override the config")
     ap.add_argument("--version", action="store_true", help="print the version and exit")
     return ap.parse_args(argv)
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = load_config(args.config) if args.config else default_config()
-        cfg = cfg.with_overrides(listen=args.listen, data_dir=args.data_dir)
+        cfg = cfg.with_overrides(listen=args.listen, data_dir=args.data_dir, metrics_listen=args.metrics_listen)
     except ConfigError as exc:
         print(f"storaged: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -109,6 +109,13 @@ class RemoteConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Prometheus metrics: ``GET /metrics`` on ``listen`` (HOST:PORT); None = off."""
+
+    listen: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TargetConfig:
     name: str
     luns: tuple[LunConfig, ...]
@@ -149,11 +156,13 @@ class ArrayConfig:
     targets: tuple[TargetConfig, ...]
     remote: RemoteConfig = field(default_factory=RemoteConfig)
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = "<embedded>"
     log_level: str = "INFO"
 
-    def with_overrides(self, listen: str | None = None, data_dir: str | None = None) -> ArrayConfig:
-        """Apply command-line overrides (``--listen``, ``--data-dir``)."""
+    def with_overrides(self, listen: str | None = None, data_dir: str | None = None,
+                       metrics_listen: str | None = None) -> ArrayConfig:
+        """Apply command-line overrides (``--listen``, ``--data-dir``, ``--metrics-listen``)."""
         from dataclasses import replace
 
         cfg = self
@@ -162,6 +171,9 @@ class ArrayConfig:
             cfg = replace(cfg, iscsi=replace(cfg.iscsi, listen=listen))
         if data_dir is not None:
             cfg = replace(cfg, data_dir=data_dir)
+        if metrics_listen is not None:
+            parse_hostport(metrics_listen, "--metrics-listen", "command line")
+            cfg = replace(cfg, metrics=MetricsConfig(listen=metrics_listen))
         return cfg
 
 
@@ -262,6 +274,14 @@ def _chap(r: _Reader, key: str) -> ChapCredentials | None:
     return creds
 
 
+def _serial(r: _Reader) -> str | None:
+    """VPD page 80h and the T10 designator carry the serial as ASCII: refuse what they cannot."""
+    serial = r.get("serial", str)
+    if serial is not None and not (1 <= len(serial) <= 64 and all(0x20 < ord(c) < 0x7F for c in serial)):
+        raise r.error("serial", f"{serial!r}: use 1 to 64 printable ASCII characters, no spaces")
+    return serial
+
+
 def _lun(r: _Reader, index: int) -> LunConfig:
     lun = r.get("lun", int, index)
     if not 0 <= lun < 16384:
@@ -277,7 +297,7 @@ def _lun(r: _Reader, index: int) -> LunConfig:
                 raise r.error(key, "a mapped LUN (virtual volume) takes its geometry from the peer's LUN")
         r.used.add("map")
         cfg = LunConfig(lun=lun, file="", size=0, product=r.get("product", str, "storaged VVOL")[:16],
-                        serial=r.get("serial", str), read_only=r.get("read_only", bool, False), map=mapping)
+                        serial=_serial(r), read_only=r.get("read_only", bool, False), map=mapping)
         r.finish()
         return cfg
     r.used.add("map")
@@ -323,7 +343,7 @@ def _lun(r: _Reader, index: int) -> LunConfig:
         thin=r.get("thin", bool, True),
         read_only=r.get("read_only", bool, False),
         product=r.get("product", str, "storaged CMDDEV" if cmddev else "storaged LUN")[:16],
-        serial=r.get("serial", str),
+        serial=_serial(r),
         command_device=cmddev,
         allow_outside_data_dir=outside,
     )
@@ -355,6 +375,8 @@ def _remote(r: _Reader) -> RemoteConfig:
         assert secret is not None
         if len(secret) < 16:
             raise p.error("secret" if secret_file is None else "secret_file", "the shared secret needs 16+ characters")
+        if any(q.name == name for q in peers):
+            raise p.error("name", f"{name} appears twice")
         peers.append(PeerConfig(name, address, secret))
         p.finish()
     io_timeout = float(r.get("io_timeout", float, 10.0))
@@ -471,6 +493,14 @@ def _replication(r: _Reader) -> ReplicationConfig:
     return ReplicationConfig(interval, policy, limit, fence)
 
 
+def _metrics(r: _Reader) -> MetricsConfig:
+    listen = r.get("listen", str)
+    if listen is not None:
+        parse_hostport(listen, r._p("listen"), r.source)
+    r.finish()
+    return MetricsConfig(listen=listen)
+
+
 def parse_config(data: Any, source: str) -> ArrayConfig:
     r = _Reader(source, data)
     arr = r.sub("array")
@@ -485,6 +515,10 @@ def parse_config(data: Any, source: str) -> ArrayConfig:
     iscsi = _iscsi(r.sub("iscsi"))
     remote = _remote(r.sub("remote"))
     replication = _replication(r.sub("replication"))
+    metrics = _metrics(r.sub("metrics"))
+    for i, peer in enumerate(remote.peers):
+        if peer.name == name:
+            raise ConfigError(source, f"remote.peers[{i}].name", f"{name} is this array's own name (array.name)")
     targets = tuple(_target(t) for t in r.items("targets"))
     if not targets:
         raise ConfigError(source, "targets", "at least one target is required")
@@ -511,13 +545,32 @@ def parse_config(data: Any, source: str) -> ArrayConfig:
         if not Path(data_dir).is_absolute():
             data_dir = str(base / data_dir)
     return ArrayConfig(name=name, data_dir=data_dir, iscsi=iscsi, targets=targets, remote=remote, replication=replication, source=source,
-                       log_level=log_level)
+                       log_level=log_level, metrics=metrics)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: construct_mapping reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        return super().construct_mapping(node, deep)
 
 
 def load_config(path: str) -> ArrayConfig:
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:

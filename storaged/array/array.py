@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..backstore.base import Backstore
@@ -33,6 +33,9 @@ from ..repl.commands import register_replication
 from ..repl.manager import Replication
 from .virtual import RemoteBackstore
 from .volumes import LuVolume
+
+if TYPE_CHECKING:
+    from ..metrics.server import MetricsServer
 
 log = logging.getLogger("storaged.array")
 
@@ -73,6 +76,8 @@ class Array:
         register_replication(self.dispatcher, self.repl)
         self._cache_path = os.path.join(cfg.data_dir, "peer-volumes.json")
         self._refreshing: set[asyncio.Task[None]] = set()
+        #: the /metrics endpoint (storaged/metrics), when metrics.listen is set
+        self.metrics: MetricsServer | None = None
 
     # --- building ----------------------------------------------------------------------------
 
@@ -307,9 +312,18 @@ class Array:
         if not ic.advertise:
             portal.addresses[:] = [f"{bound[0]}:{bound[1]}"]
         self.address = bound
+        if self.cfg.metrics.listen is not None:
+            from ..metrics.server import MetricsServer  # prometheus_client only when configured
+
+            mhost, mport = parse_hostport(self.cfg.metrics.listen, "metrics.listen", self.cfg.source)
+            self.metrics = MetricsServer(self)
+            maddr = await self.metrics.start(mhost, mport)
+            log.info("metrics listening on http://%s:%d/metrics", *maddr)
         return bound
 
     async def stop(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.stop()
         if self.iscsi is not None:
             await self.iscsi.close()
         await self.repl.stop()

@@ -100,13 +100,20 @@ class LoginMachine:
             return self._handle(req)
         except LoginFailed as exc:
             self.failed = True
+            self._count_failure(exc.status)
             log.warning("login from %r refused (%04x): %s", self.initiator or "?", exc.status, exc)
             return self._response(req, [], transit=False, nsg=0, status=exc.status)
         except Exception as exc:  # noqa: BLE001 - a bug must not leave the initiator without an answer
             self.failed = True
+            self._count_failure(LoginStatus.TARGET_ERROR)
             log.error("login from %r failed inside the target: %s: %s", self.initiator or "?",
                       type(exc).__name__, exc)
             return self._response(req, [], transit=False, nsg=0, status=LoginStatus.TARGET_ERROR)
+
+    def _count_failure(self, status: LoginStatus) -> None:
+        reason = status.name.lower()
+        failures = self.portal.login_failures
+        failures[reason] = failures.get(reason, 0) + 1
 
     def _handle(self, req: PDU) -> PDU:
         transit = bool(req.flags & 0x80)

@@ -40,6 +40,8 @@ class Portal:
     chap_algorithms: tuple[int, ...] = (7, 8, 6, 5)
     #: TSIHs of live sessions, for logins that name one (adding a connection)
     live_tsihs: set[int] = field(default_factory=set)
+    #: refused logins by reason (LoginStatus name, lower case), for storaged_login_failures_total
+    login_failures: dict[str, int] = field(default_factory=dict)
 
     def visible_targets(self, initiator: str) -> list[TargetInfo]:
         return [t for t in self.targets.values() if t.allows(initiator)]

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from time import perf_counter_ns
 from typing import TYPE_CHECKING
 
 from ..backstore.base import Backstore, BackstoreError, BackstoreFull, BackstoreUnavailable
+from ..metrics.iostats import IO_KIND, LunIoStats
 from . import pr, sbc, spc, xcopy
 from .modes import ModePages
 from .ops import Access, OpEntry, OpInfo, build_table
@@ -118,6 +120,8 @@ class LogicalUnit:
         self.rmw_active = 0
         #: EXTENDED COPY results retained per (nexus, list id)
         self.copy_results: dict[tuple[Nexus, int], bytes] = {}
+        #: READ/WRITE counters and latency histogram (storaged/metrics reads them at scrape time)
+        self.io = LunIoStats()
 
         self._ops: list[OpEntry] = build_table(ALL_OPS, self.thin)
         self._nexuses: set[Nexus] = set()
@@ -149,7 +153,16 @@ class LogicalUnit:
                 info, nexus  # type: ignore[arg-type]
             ):
                 return ScsiResult(Status.RESERVATION_CONFLICT)
-            return await info.handler(self, cmd)  # type: ignore[union-attr]
+            kind = IO_KIND[op]
+            if not kind:
+                return await info.handler(self, cmd)  # type: ignore[union-attr]
+            t0 = perf_counter_ns()
+            res = None
+            try:
+                res = await info.handler(self, cmd)  # type: ignore[union-attr]
+                return res
+            finally:
+                self.io.done(kind, cmd, res, perf_counter_ns() - t0)
         except ScsiError as err:
             return ScsiResult(Status.CHECK_CONDITION, None, sense_of_error(err, self.d_sense))
         except ReservationConflict:
