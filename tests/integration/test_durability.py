@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,8 +17,9 @@ from storaged.iscsi.initiator import IscsiSession
 
 from .conftest import TARGET, small_config
 from .daemon import StoragedProcess
+from .procs import children, kill_all, processes_using
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_leftovers")]
 
 
 def write10(lba: int, blocks: int, fua: bool = False) -> bytes:
@@ -31,29 +35,57 @@ SYNC_CACHE10 = bytes([0x35] + [0] * 9)
 
 async def test_fua_and_sync_cache_writes_survive_kill_9(tmp_path: Path) -> None:
     proc = StoragedProcess(tmp_path / "data", small_config()).start()
-    s = IscsiSession()
-    await s.login("127.0.0.1", proc.port, TARGET)
-    written: dict[int, bytes] = {}
-    for i in range(16):
-        payload = os.urandom(4096)
-        r = await s.scsi(0, write10(i * 64, 8, fua=True), data_out=payload)
-        assert r.status == 0
-        written[i * 64] = payload
-    for i in range(16):
-        payload = os.urandom(4096)
-        assert (await s.scsi(0, write10(5000 + i * 8, 8), data_out=payload)).status == 0
-        written[5000 + i * 8] = payload
-    assert (await s.scsi(0, SYNC_CACHE10)).status == 0
-    proc.kill()  # no SIGTERM: nothing gets a chance to flush
-    await s.close()
-    proc.start()
-    s2 = IscsiSession()
-    await s2.login("127.0.0.1", proc.port, TARGET)
-    for lba, payload in written.items():
-        r = await s2.scsi(0, read10(lba, 8), read_length=4096)
-        assert r.status == 0 and r.data == payload, f"LBA {lba} lost"
-    await s2.logout()
-    proc.stop()
+    try:
+        s = IscsiSession()
+        await s.login("127.0.0.1", proc.port, TARGET)
+        written: dict[int, bytes] = {}
+        for i in range(16):
+            payload = os.urandom(4096)
+            r = await s.scsi(0, write10(i * 64, 8, fua=True), data_out=payload)
+            assert r.status == 0
+            written[i * 64] = payload
+        for i in range(16):
+            payload = os.urandom(4096)
+            assert (await s.scsi(0, write10(5000 + i * 8, 8), data_out=payload)).status == 0
+            written[5000 + i * 8] = payload
+        assert (await s.scsi(0, SYNC_CACHE10)).status == 0
+        proc.kill()  # no SIGTERM: nothing gets a chance to flush
+        await s.close()
+        proc.start()
+        s2 = IscsiSession()
+        await s2.login("127.0.0.1", proc.port, TARGET)
+        for lba, payload in written.items():
+            r = await s2.scsi(0, read10(lba, 8), read_length=4096)
+            assert r.status == 0 and r.data == payload, f"LBA {lba} lost"
+        await s2.logout()
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def no_leftovers(tmp_path: Path) -> Iterator[None]:
+    """Every process a test starts is stopped by the test: after it, nothing runs on its tmp_path.
+
+    A process a wrapper leaves behind (strace detaches from its tracee when it is signalled, and the
+    orphan is adopted by PID 1) fails the test, and is killed so the failure leaks nothing."""
+    yield
+    left = processes_using(tmp_path)
+    kill_all(left)
+    assert not left, f"processes outlived the test: {left}"
+
+
+def _stop_traced(strace: StoragedProcess, timeout: float = 20.0) -> None:
+    """Stop storaged under strace: SIGTERM the traced storaged itself (strace exits with it).
+
+    Signalling strace would only make it detach and exit, leaving storaged running."""
+    if strace.proc is None:
+        return
+    kill_all(children(strace.proc.pid), signal.SIGTERM)
+    try:
+        strace.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        kill_all(children(strace.proc.pid))
+    strace.stop()
 
 
 _TS = re.compile(r"^(?:\[pid\s+\d+\]\s+|\d+\s+)?(\d+\.\d+)\s+(.*)$")
@@ -89,21 +121,23 @@ async def test_strace_shows_sync_before_each_fua_and_sync_cache_response(tmp_pat
                            wrapper=["strace", "-f", "-ttt", "-T", "-y", "-e", "trace=fsync,fdatasync",
                                     "-o", str(trace_file)]).start(timeout=60)
     lun_file = str(tmp_path / "data" / "lun0.img")
-    s = IscsiSession()
-    await s.login("127.0.0.1", proc.port, TARGET)
-    windows: dict[str, list[tuple[float, float]]] = {"fua": [], "sync": [], "plain": []}
-    for i in range(6):
-        t0 = time.time()
-        assert (await s.scsi(0, write10(i * 8, 8, fua=True), data_out=os.urandom(4096))).status == 0
-        windows["fua"].append((t0, time.time()))
-        t0 = time.time()
-        assert (await s.scsi(0, write10(100 + i * 8, 8), data_out=os.urandom(4096))).status == 0
-        windows["plain"].append((t0, time.time()))
-        t0 = time.time()
-        assert (await s.scsi(0, SYNC_CACHE10)).status == 0
-        windows["sync"].append((t0, time.time()))
-    await s.logout()
-    proc.stop()
+    try:
+        s = IscsiSession()
+        await s.login("127.0.0.1", proc.port, TARGET)
+        windows: dict[str, list[tuple[float, float]]] = {"fua": [], "sync": [], "plain": []}
+        for i in range(6):
+            t0 = time.time()
+            assert (await s.scsi(0, write10(i * 8, 8, fua=True), data_out=os.urandom(4096))).status == 0
+            windows["fua"].append((t0, time.time()))
+            t0 = time.time()
+            assert (await s.scsi(0, write10(100 + i * 8, 8), data_out=os.urandom(4096))).status == 0
+            windows["plain"].append((t0, time.time()))
+            t0 = time.time()
+            assert (await s.scsi(0, SYNC_CACHE10)).status == 0
+            windows["sync"].append((t0, time.time()))
+        await s.logout()
+    finally:
+        _stop_traced(proc)
     done = _sync_completions(trace_file.read_text(), lun_file)
     assert done, "no fdatasync of the LUN file in the trace"
 
