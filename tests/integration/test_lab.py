@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from .daemon import REPO
+from .procs import group_members, kill_all
 from .sites import free_port
 
 pytestmark = pytest.mark.integration
@@ -34,11 +35,22 @@ def test_storaged_lab_once(tmp_path: Path) -> None:
     host = yaml.safe_load((REPO / "configs" / "host-a.yaml").read_text())
     host["local"]["command_device"] = host["local"]["command_device"].replace(":3260/", f":{ports['a_iscsi']}/")
     (configs / "host-a.yaml").write_text(yaml.safe_dump(host))
-    run = subprocess.run([sys.executable, "-m", "storaged.lab", "--once", "--configs", str(configs),
-                          "--logs", str(tmp_path / "logs")], capture_output=True, text=True, timeout=300,
-                         cwd=str(REPO), env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    out = run.stdout + run.stderr  # paircreate --wait reports progress on stderr
+    # Its own session: if the lab hangs or dies, its two storaged children are killed with it.
+    lab = subprocess.Popen([sys.executable, "-m", "storaged.lab", "--once", "--configs", str(configs),
+                            "--logs", str(tmp_path / "logs")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, cwd=str(REPO), env=dict(os.environ, PYTHONPATH=str(REPO)),
+                           start_new_session=True)
+    try:
+        stdout, stderr = lab.communicate(timeout=300)
+    finally:
+        if lab.poll() is None:
+            lab.kill()
+            lab.wait()
+        left = group_members(lab.pid)
+        kill_all(left)
+    assert not left, f"storaged.lab left {left} running"
+    assert lab.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    out = stdout + stderr  # paircreate --wait reports progress on stderr
     assert "array    site-a" in out and "array    site-b" in out  # hostctl info on both, from site-a
     assert "paircreate lab: PAIR 100%" in out
     assert "DONE" in out  # pairsyncwait: site-b restored what the host wrote
