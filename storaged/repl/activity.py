@@ -258,6 +258,10 @@ async def recover_primary(jstore: Backstore, group: str, out_pos: int, out_seq: 
     redone: dict[int, set[int]] = {}
     if journaling:
         await redo(tail, volumes)
+        # The redo passes blocks through older contents (the tail in order) and may end with the
+        # group suspended (no room to re-journal below), after which no start redoes again: the
+        # P-VOLs must hold the redone result durably first, or a power cut keeps an older step.
+        await asyncio.gather(*(volumes[v].flush() for v in {e.volume for e in tail} if v in volumes))
     else:
         # Suspended: writes after the tail went to the bitmap and may be newer than it; a redo
         # would put older data over acknowledged, flushed writes. The regions are resynced instead.

@@ -179,6 +179,7 @@ class Replication(TakeoverRole):
                 entry["journal"] = {k: st[k] for k in ("bytes_used", "capacity", "entries")}
                 entry["pointers"] = {"journal_out": st["journal_out"], "journal_in": st["journal_in"]}
             else:
+                entry["svol_consistent"] = g.svol_consistent()
                 entry.update(await self._secondary_view(g))
             out.append(entry)
         if name is not None and not out:

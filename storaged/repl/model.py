@@ -13,6 +13,10 @@ from ..cmddev.dispatch import CommandError
 from .states import Event, InvalidTransition, State, next_state
 
 
+#: ``Group.copy_until_seq`` while a copy's end is not known yet (above any sequence number)
+COPY_END_UNKNOWN = 1 << 62
+
+
 @dataclass
 class Pair:
     pvol: int
@@ -63,7 +67,8 @@ class Group:
     #: secondary: regions still to copy (resync), per P-VOL, as [offset, length]; persisted so that
     #: neither a lost reply nor a restart loses them
     copy_regions: dict[str, list[list[int]]] = field(default_factory=dict)
-    #: secondary, COPY with every pair copied: PAIR once restored past this sequence number
+    #: secondary: the S-VOLs are consistent once restored past this sequence number (the primary's
+    #: journal-in when the copy ended); COPY_END_UNKNOWN from the start of a copy until then
     copy_until_seq: int = 0
 
     def pvols(self) -> list[int]:
@@ -74,6 +79,13 @@ class Group:
             if p.pvol == pvol:
                 return p.svol
         raise KeyError(pvol)
+
+    def svol_consistent(self) -> bool:
+        """Secondary: the S-VOLs hold the P-VOLs after a prefix of the primary's write order. Not
+        from the start of a copy (initial, resync, reverse) until restore passes its end: a copy
+        reads the P-VOLs at different times, and one the primary stopped journaling during (PSUE)
+        only becomes consistent by the next resync."""
+        return self.state != State.COPY and not self.copy_regions and self.restored_seq >= self.copy_until_seq
 
     def copying(self) -> bool:
         """Some pair's volumes are still being copied (not just the journal being caught up)."""
@@ -92,6 +104,10 @@ class Group:
             self.before_fence = State.PSUE.value  # a failure while fenced: resume suspended, not PAIR
         elif new != State.FENCED:
             self.before_fence = ""
+        if new == State.COPY:
+            self.copy_until_seq = COPY_END_UNKNOWN  # a new copy: fuzzy until restored past its end
+        elif event == Event.COPY_DONE:
+            self.copy_until_seq = 0
         self.state = new.value
         self.error = error
         for p in self.pairs:

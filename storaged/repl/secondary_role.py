@@ -18,7 +18,7 @@ from .journal import (
     encode_superblock,
     read_entries,
 )
-from .model import Group, Pair, _wrong_state
+from .model import COPY_END_UNKNOWN, Group, Pair, _wrong_state
 from .states import Event, State
 from .primary_role import PrimaryRole
 
@@ -283,17 +283,20 @@ class SecondaryRole(PrimaryRole):
                 if g.state != State.COPY:
                     return  # suspended meanwhile: the regions stay to be copied at the next resync
                 p.state = State.PAIR.value
-                g.copy_regions.pop(str(p.pvol), None)
-                g.copy_until_seq = 0  # set from the primary's journal-in once every pair is copied
+                g.copy_regions.pop(str(p.pvol), None)  # copy_until_seq is set once every pair is copied
                 self.save()
 
     async def _copy_consistent(self, g: Group) -> None:
         """Restore past the end of the copy, then COPY -> PAIR; only then may the primary forget
         its differential regions (``repl.copy_done``)."""
-        if g.state == State.COPY and not g.copying() and not g.copy_until_seq:
+        if g.state == State.COPY and not g.copying() and g.copy_until_seq in (0, COPY_END_UNKNOWN):
             st = await self._call(g, "repl.journal_status", {"group": g.name})
             async with self.lock(g.name):  # asked after the copy ended: at or past its end
-                if g.state == State.COPY and not g.copying() and not g.copy_until_seq:
+                # Only a primary still in COPY journaled every write the copy may have read; one
+                # that suspended meanwhile tracks them in its bitmap instead, so this copy stays
+                # fuzzy (the cycle below adopts PSUE) and the next resync copies them again.
+                if g.state == State.COPY and not g.copying() and g.copy_until_seq in (0, COPY_END_UNKNOWN) \
+                        and st.get("state") == State.COPY:
                     g.copy_until_seq = int(st["next_seq"])
                     self.save()
         await self.cycle(g)

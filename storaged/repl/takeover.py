@@ -33,7 +33,7 @@ class TakeoverRole(SecondaryRole):
             raise CommandError(ResultStatus.BAD_PARAMETER, f"group {name} is already primary here; nothing to take over")
         if not allowed(g.state, Event.TAKEOVER):
             raise _wrong_state(g, "takeover", ("PAIR", "PSUE", "PSUS"))
-        if g.copying() or g.copy_regions or g.restored_seq < g.copy_until_seq:
+        if not g.svol_consistent():
             raise CommandError(ResultStatus.WRONG_STATE,
                                f"group {name}'s S-VOLs are inconsistent: a copy from {g.peer} was interrupted "
                                f"({sum(len(v) for v in g.copy_regions.values())} ranges left); resync first")

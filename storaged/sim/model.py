@@ -130,6 +130,16 @@ class Era:
                     return k
         return -1
 
+    def next_key(self, vol: int, block: int, tag: int, after: int) -> int:
+        """The first place after ``after`` where ``block`` gets ``tag`` again (a re-journaled chunk
+        of P-VOL content can bring back an older tag, or zeros); -1 if it never does."""
+        h = self.hist.get(vol, {}).get(block)
+        if h is not None:
+            for j in range(bisect_right(h.keys, after), len(h.keys)):
+                if h.tags[j] == tag:
+                    return h.keys[j]
+        return -1
+
     def expected(self, vol: int, block: int, prefix: int) -> tuple[int, int] | None:
         """(tag, key) block ``block`` holds after the entries up to order key ``prefix``; None: no entry."""
         h = self.hist.get(vol, {}).get(block)

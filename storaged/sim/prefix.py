@@ -87,11 +87,27 @@ class PrefixWatch:
             self.version = self.era.version
             self.full()
         p = max(self._max(), claim << SUB if claim >= 0 else -1)
+        while True:
+            self._move(p)
+            raise_to = self._evaluate(p)
+            if raise_to <= p:
+                return self.bad
+            # a block holds a tag that only a later entry gives it again: the S-VOLs can only be
+            # after a prefix that far (forced, so the smallest prefix that could fit); look again
+            self.dirty.update(self.bad)
+            p = raise_to
+
+    def _move(self, p: int) -> None:
         if p != self.prefix:
             lo, hi = min(p, self.prefix), max(p, self.prefix)
             self.dirty.update(vb for vb in self.era.blocks_between(lo, hi) if vb[0] in self.seq)
             self.prefix = p
+
+    def _evaluate(self, p: int) -> int:
+        """Judge the blocks that may have changed against prefix ``p``; returns the prefix some
+        wrong block forces (its tag comes back after ``p``), or -1."""
         era = self.era
+        raise_to = -1
         for vol, b in self.dirty:
             t = self._tag(vol, b)
             why = ""
@@ -100,7 +116,8 @@ class PrefixWatch:
             else:
                 exp = era.expected(vol, b, p)
                 if exp is None:
-                    k = era.first_key(vol, b, t)
+                    # tag 0 (never written) is what every block holds before the era's first entry
+                    k = era.first_key(vol, b, t) if t else -1
                     if k >= 0:
                         why = f"holds write {t} ({describe(k)}) though no write up to {describe(p)}"
                 elif t != exp[0]:
@@ -109,7 +126,8 @@ class PrefixWatch:
                     why = f"holds {got}; the prefix up to {describe(p)} needs write {exp[0]} ({describe(exp[1])})"
             if why:
                 self.bad[(vol, b)] = why
+                raise_to = max(raise_to, era.next_key(vol, b, t, p))
             else:
                 self.bad.pop((vol, b), None)
         self.dirty.clear()
-        return self.bad
+        return raise_to

@@ -152,7 +152,7 @@ class World:
 
     def _reserved(self, j: PrimaryJournal, r: Reservation) -> None:
         node = NODE.get()
-        if node is None or len(r.data) < BLOCK:
+        if node is None or (len(r.data) < BLOCK and r.zero_length < BLOCK):
             return
         era = self.era(node.name, j.sb.epoch)
         if era.journal is not j:  # a reopened journal: what it did not find is gone
@@ -162,7 +162,10 @@ class World:
                     self.trace(f"{node.name}: journal reopened at seq {r.seq}; {lost} journaled entries gone")
             era.journal = j
         data = bytes(r.data)
-        tags = [int.from_bytes(data[i:i + 8], "little") for i in range(0, len(data) - BLOCK + 1, BLOCK)]
+        if r.zero_length:  # a zeroing entry (UNMAP, WRITE SAME of zeros, a hole re-journaled)
+            tags = [0] * (r.zero_length // BLOCK)
+        else:
+            tags = [int.from_bytes(data[i:i + 8], "little") for i in range(0, len(data) - BLOCK + 1, BLOCK)]
         era.add(r.seq, r.volume, r.offset // BLOCK, tags)
         w = HOST_WRITE.get()
         if w is not None:
@@ -244,6 +247,7 @@ class World:
                     if lost:
                         self.trace(f"{node.name}: journal reopened at seq {nxt}; {lost} journaled entries gone")
                 era.journal = j
+            self._reconcile(node, g, era)
             peer = self.nodes[node.peer]
             pg = peer.array.repl.groups.get(GROUP) if peer.array is not None else None
             nxt = int(j.status()["next_seq"])
@@ -262,6 +266,24 @@ class World:
                 self.check_durable(node, lun, ledger.required, "lost-durable-write")
                 ledger.since_boot.clear()
                 ledger.unflushed.clear()
+
+    def _reconcile(self, node: SimNode, g: Group, era: Era) -> None:
+        """A power cut may undo P-VOL writes that were never made durable (allowed unless FUA or
+        flushed: ``check_durable`` judges that). A block the restarted primary holds differently
+        from the era's last entry changed at the crash: recorded as an unjournaled change after
+        everything before it, which the pair must then carry to the S-VOL (bitmap or redo)."""
+        changed = 0
+        for vol in g.pvols():
+            disk = node.disks.get(vol)
+            for b in sorted(era.hist.get(vol, {})) if disk is not None else ():
+                exp = era.expected(vol, b, 1 << 62)
+                t = int.from_bytes(disk.cur[b * BLOCK:b * BLOCK + 8], "little") if disk is not None else 0
+                if exp is not None and t != exp[0]:
+                    era.add(None, vol, b, [t])
+                    changed += 1
+        if changed:
+            era.version += 1
+            self.trace(f"{node.name}: {changed} P-VOL blocks changed by the crash (unsynced writes undone)")
 
     def check_durable(self, node: SimNode, lun: int, table: dict[int, HostWrite], kind: str) -> None:
         disk = node.disks[lun]
@@ -346,8 +368,8 @@ class World:
         if era is None:
             self._watch = self._watch_key = None
             return
-        if g.state == "PSUS" and (g.restored_seq - 1) << SUB < era.copy_mark:
-            self._watch = self._watch_key = None  # split during (or right after) a copy: never consistent
+        if not g.svol_consistent():
+            self._watch = self._watch_key = None  # the secondary says so (pairdisplay, takeover refuses)
             return
         key = (sec.name, sec.gen, id(g), era, tuple((p.pvol, p.svol) for p in g.pairs))
         if self._watch is None or self._watch_key != key:

@@ -4,11 +4,13 @@ emptied on a clean stop; recovery re-journals the suspect extents."""
 from __future__ import annotations
 
 import asyncio
+import random
 
 from storaged.backstore.memory import MemoryBackstore
 from storaged.repl.activity import COPY_BYTES, SUPER_BYTES, ActivityLog, recover_primary
 from storaged.repl.journal import PrimaryJournal, read_entries
 from storaged.repl.primary import JournaledStore, WriteOrder
+from storaged.sim.disk import BLOCK, DiskHandle, SimDisk
 
 EXT = 64 * 1024
 
@@ -110,3 +112,46 @@ async def test_recovery_rejournals_suspect_extents_and_reports_what_did_not_fit(
     rec2 = await recover_primary(jstore, "g", rec.journal.ptr.out_pos, rec.journal.ptr.out_seq, {0: vol},
                                  journaling=False, extent=EXT)
     assert rec2.unjournaled == {0: {0}}  # both extents lie in the first MiB region
+
+
+class FirstWriteSticks(SimDisk):
+    """A volatile cache that wrote back the first of several unsynced writes to a block and lost
+    the later ones (a reordering cache may do exactly that at a power cut)."""
+
+    def crash(self) -> tuple[int, int]:
+        seen: set[int] = set()
+        for p in self.pending:
+            for off in range(0, len(p.data), BLOCK):
+                b = (p.offset + off) // BLOCK
+                if p.forced or b not in seen:
+                    self.dur[p.offset + off:p.offset + off + BLOCK] = p.data[off:off + BLOCK]
+                if not p.forced:
+                    seen.add(b)
+        self.pending.clear()
+        self.cur[:] = self.dur
+        return 0, 0
+
+
+async def test_a_redo_is_durable_before_the_group_can_be_recorded_suspended() -> None:
+    """Found by the simulator (crash_primary): the redo of the journal tail passes the P-VOL
+    through older contents (a re-journaled hole, then the FUA write over it), all unsynced. If the
+    recovery then suspends the group (the re-journal did not fit) and power is cut, the next start
+    does not redo (a suspended group must not: its bitmap writes are newer than the tail), so the
+    P-VOL kept the older content over an acknowledged FUA write."""
+    rng = random.Random(1)
+    jdisk = SimDisk("j", 1 << 20, rng, 1.0, lambda: 0.0)
+    vdisk = FirstWriteSticks("v", 1 << 20, rng, 1.0, lambda: 0.0)
+    block = 8 * BLOCK
+    fua = b"F" * 4096
+    journal = await PrimaryJournal.format(DiskHandle(jdisk), "g", 512)
+    head = journal.ring.head
+    await journal.append(0, block, b"", zero_length=4096)  # a hole, re-journaled by an earlier start
+    await journal.append(0, block, fua)  # then the host's FUA write over it
+    await journal.make_durable()
+    await DiskHandle(vdisk).write(block, fua, fua=True)
+    # a start that redoes the tail; the caller would then record the group suspended
+    await recover_primary(DiskHandle(jdisk), "g", head, 1, {0: DiskHandle(vdisk)}, extent=EXT)
+    jdisk.crash()
+    vdisk.crash()
+    await recover_primary(DiskHandle(jdisk), "g", head, 1, {0: DiskHandle(vdisk)}, journaling=False, extent=EXT)
+    assert bytes(vdisk.cur[block:block + 4096]) == fua, "the FUA write is gone after the redo and a power cut"

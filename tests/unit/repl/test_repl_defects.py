@@ -504,3 +504,39 @@ def test_host_replicate_during_a_long_copy_does_not_overwrite_unrestored_entries
         assert s.same()
 
     run(tmp_path, body, journal=64 << 10)
+
+
+# --- a copy the primary stopped journaling during is not a consistent S-VOL ----------------------
+
+
+def test_a_copy_during_which_the_primary_suspended_is_reported_inconsistent(tmp_path: Any) -> None:
+    """The initial copy reads the P-VOL while the primary journals every write; if the primary
+    suspends meanwhile (a journal write fails: PSUE, later writes only in its bitmap), the copy may
+    read writes the journal never got. Restoring the journal up to the end of such a copy does not
+    make a prefix: the secondary must stay inconsistent (pairdisplay says so, takeover refuses)
+    until a resync has copied the bitmap's regions, and then reach P == S."""
+
+    async def body(s: Sites, link: EdgeLink) -> None:
+        link.gates[VOL] = asyncio.Event()  # the copy waits for its reads
+        await s.create(wait=False)
+        await s.write(0)
+        disk = s.a.disks[JNL]
+        assert isinstance(disk, FlakyDisk)
+        disk.armed = True
+        await s.write(16)  # its journal entry fails: the primary suspends, tracks it in the bitmap
+        assert await until(lambda: s.state(s.a) == "PSUE"), s.states()
+        for i in range(4):
+            await s.write(64 + 16 * i)  # unjournaled, and the copy will read them
+        link.gates.pop(VOL).set()
+        assert await until(lambda: s.state(s.b) == "PSUE"), s.states()
+        shown = (await s.b.array.repl.display(G))["groups"][0]
+        assert shown.get("svol_consistent") is False, shown
+        with pytest.raises(CommandError, match="inconsistent"):
+            await s.b.array.repl.takeover(G, dry_run=False)
+        assert not s.group(s.b).writable
+        await s.converge()
+        assert s.state(s.a) == s.state(s.b) == "PAIR", s.states()
+        assert (await s.b.array.repl.display(G))["groups"][0]["svol_consistent"] is True
+        assert s.same()
+
+    run(tmp_path, body)
