@@ -14,7 +14,8 @@ SUDO=""
 
 pkgs=(python3 python3-venv python3-dev gcc)
 if [ "$want_test" = 1 ]; then
-  pkgs+=(libiscsi-bin qemu-utils qemu-block-extra qemu-system-common tgt strace iproute2 e2fsprogs fuse3 util-linux)
+  pkgs+=(libiscsi-bin qemu-utils qemu-block-extra qemu-system-common tgt strace iproute2 e2fsprogs fuse3 util-linux
+         prometheus)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
