@@ -1,4 +1,4 @@
-"""Command line: ``storaged [--config FILE] [--listen HOST:PORT] [--data-dir DIR]``."""
+"""Command line: ``storaged [--config FILE] [--listen HOST:PORT] [--data-dir DIR]``, ``--check-config FILE``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="serve Prometheus metrics on http://HOST:PORT/metrics (overrides metrics.listen)")
     ap.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override the config")
     ap.add_argument("--version", action="store_true", help="print the version and exit")
+    ap.add_argument("--check-config", metavar="FILE",
+                    help="check FILE as startup would (nothing is created) and exit: 0 with 'ok', or 2 with the "
+                    "problems, each naming the file and the field")
     return ap.parse_args(argv)
 
 
@@ -33,9 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.version:
         print(f"storaged {VERSION}")
         return 0
+    overrides = {"listen": args.listen, "data_dir": args.data_dir, "metrics_listen": args.metrics_listen}
+    if args.check_config:
+        from .configcheck import check_config
+
+        problems = check_config(args.check_config, **overrides)
+        for problem in problems:
+            print(f"storaged: {problem}", file=sys.stderr)
+        if not problems:
+            print("ok")
+        return 2 if problems else 0
     try:
         cfg = load_config(args.config) if args.config else default_config()
-        cfg = cfg.with_overrides(listen=args.listen, data_dir=args.data_dir, metrics_listen=args.metrics_listen)
+        cfg = cfg.with_overrides(**overrides)
     except ConfigError as exc:
         print(f"storaged: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -51,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         runner = asyncio.run
     try:
-        return runner(run(cfg))
+        config_path = args.config
+        # SIGHUP re-reads the same file with the same command-line overrides
+        reread = (lambda: load_config(config_path).with_overrides(**overrides)) if config_path else None
+        return runner(run(cfg, reread))
     except OSError as exc:
         logging.getLogger("storaged").error("cannot start: %s", exc)
         return 1

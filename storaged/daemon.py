@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 
 from .array.array import VERSION, Array
+from .array.reload import reload_from
 from .config import ArrayConfig
 
 log = logging.getLogger("storaged")
@@ -14,13 +16,24 @@ log = logging.getLogger("storaged")
 __all__ = ["VERSION", "Array", "run"]
 
 
-async def run(cfg: ArrayConfig) -> int:
-    """Serve until SIGTERM or SIGINT; return the process exit status."""
+async def run(cfg: ArrayConfig, reread: Callable[[], ArrayConfig] | None = None) -> int:
+    """Serve until SIGTERM or SIGINT; SIGHUP re-reads the config (``reread``) and applies what changed."""
     array = Array(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def hup() -> None:
+        if array.address is None:
+            log.warning("reload: SIGHUP ignored, the array is still starting")
+            return
+        task = loop.create_task(reload_from(array, reread), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, hup)
     try:
         host, port = await array.start()
     except BaseException:
@@ -32,6 +45,10 @@ async def run(cfg: ArrayConfig) -> int:
                  "any" if t.initiators is None else ",".join(sorted(t.initiators)),
                  "; CHAP" if t.chap else "")
     await stop.wait()
+    for task in list(reloads):
+        task.cancel()  # an unfinished reload rolls back
+    if reloads:
+        await asyncio.wait(reloads)
     log.info("shutting down: closing sessions and syncing LUNs")
     await array.stop()
     log.info("stopped")

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
@@ -19,7 +19,7 @@ from ..backstore.base import Backstore
 from ..backstore.sparsefile import SparseFileBackstore
 from ..cmddev.commands import build_dispatcher
 from ..cmddev.store import CommandDeviceStore
-from ..config import CHAP_ALGORITHM_NUMBERS, ArrayConfig, LunConfig, TargetConfig, parse_hostport
+from ..config import CHAP_ALGORITHM_NUMBERS, ArrayConfig, LunConfig, PeerConfig, TargetConfig, parse_hostport
 from ..identity import LunIdentity, array_uuid, lun_identity
 from ..iscsi.portal import Portal, TargetInfo
 from ..iscsi.transport import IscsiServer
@@ -36,6 +36,7 @@ from .volumes import LuVolume
 
 if TYPE_CHECKING:
     from ..metrics.server import MetricsServer
+    from .reload_plan import ReloadPlan
 
 log = logging.getLogger("storaged.array")
 
@@ -51,6 +52,8 @@ class LunRecord:
     identity: LunIdentity
     lu: LogicalUnit | None = None
     remote: VolumeInfo | None = None
+    #: peers that used this LUN over the remote link since start (a reload will not remove it)
+    peers: set[str] = field(default_factory=set)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -111,11 +114,15 @@ class Array:
             return CommandDeviceStore(lcfg.size, self.dispatcher, slot_size=cd.slot_size, allowed=cd.allowed)
         return SparseFileBackstore(os.path.join(self.cfg.data_dir, lcfg.file), lcfg.size, thin=lcfg.thin)
 
-    def _attach(self, rec: LunRecord, store: Backstore) -> None:
+    def _new_lu(self, rec: LunRecord, store: Backstore) -> LogicalUnit:
         lcfg = rec.cfg
         block_size = rec.remote.block_size if rec.remote is not None else lcfg.block_size
-        lu = LogicalUnit(store, naa=rec.identity.naa, serial=rec.identity.serial, product=lcfg.product,
-                         block_size=block_size, read_only=lcfg.read_only)
+        return LogicalUnit(store, naa=rec.identity.naa, serial=rec.identity.serial, product=lcfg.product,
+                           block_size=block_size, read_only=lcfg.read_only)
+
+    def _attach(self, rec: LunRecord, store: Backstore, lu: LogicalUnit | None = None) -> None:
+        lcfg = rec.cfg
+        lu = lu or self._new_lu(rec, store)
         rec.lu = lu
         self.targets[rec.target.name].add_lun(lcfg.lun, lu)
         where = (f"virtual volume of {lcfg.map.array} LUN {lcfg.map.lun}" if lcfg.map is not None
@@ -124,15 +131,19 @@ class Array:
 
     # --- virtual volumes and peer links -----------------------------------------------------
 
-    def start_links(self) -> None:
+    def new_link(self, peer: PeerConfig) -> PeerLink:
+        """The link to one peer, not yet started."""
         rc = self.cfg.remote
-        for peer in rc.peers:
-            host, port = parse_hostport(peer.address, "remote.peers.address", self.cfg.source)
-            link = PeerLink(self.name, self.uuid, peer.name, host, port, peer.secret,
-                            io_timeout=rc.io_timeout, keepalive=rc.keepalive,
-                            keepalive_timeout=max(3 * rc.keepalive, 2.0))
-            self.links[peer.name] = link
-            link.add_listener(lambda up, name=peer.name: self._link_changed(name, up))
+        host, port = parse_hostport(peer.address, "remote.peers.address", self.cfg.source)
+        link = PeerLink(self.name, self.uuid, peer.name, host, port, peer.secret,
+                        io_timeout=rc.io_timeout, keepalive=rc.keepalive,
+                        keepalive_timeout=max(3 * rc.keepalive, 2.0))
+        link.add_listener(lambda up, name=peer.name: self._link_changed(name, up))
+        return link
+
+    def start_links(self) -> None:
+        for peer in self.cfg.remote.peers:
+            link = self.links[peer.name] = self.new_link(peer)
             link.start()
         for rec in self.luns.values():
             if rec.cfg.map is not None and rec.remote is not None:
@@ -197,6 +208,7 @@ class Array:
         if refusal:
             log.warning("peer %s refused LUN %d of %s: %s", peer, lun, tname, refusal)
             return None
+        rec.peers.add(peer)
         lu = rec.lu
         info = VolumeInfo(tname, lun, lu.num_blocks * lu.block_size, lu.block_size, lu.thin,
                           rec.cfg.command_device is not None, rec.identity.naa.hex())
@@ -320,6 +332,13 @@ class Array:
             maddr = await self.metrics.start(mhost, mport)
             log.info("metrics listening on http://%s:%d/metrics", *maddr)
         return bound
+
+    async def reload(self, new_cfg: ArrayConfig) -> ReloadPlan:
+        """Apply a re-read config while serving (SIGHUP): all of it or, if any part is refused,
+        none of it. storaged/array/reload.py does the work and the logging."""
+        from .reload import reload_array
+
+        return await reload_array(self, new_cfg)
 
     async def stop(self) -> None:
         if self.metrics is not None:

@@ -354,7 +354,8 @@ class TargetConnection(WritePath):
             else:
                 affected = [task]
         elif function in (TMF.ABORT_TASK_SET, TMF.CLEAR_TASK_SET, TMF.LOGICAL_UNIT_RESET):
-            if target.luns is not None and lun not in target.luns:
+            luns = self.portal.targets.get(target.name, target).luns  # now, not at login: a reload adds LUNs
+            if luns is not None and lun not in luns:
                 response = TMFResponse.NO_LUN
             else:
                 affected = [t for t in self.tasks.values() if t.lun == lun]

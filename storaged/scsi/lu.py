@@ -270,6 +270,13 @@ class LogicalUnit:
         """The unit attentions queued for ``nexus``, oldest first (for tests and diagnostics)."""
         return list(self._ua.get(nexus, ()))
 
+    def capacity_changed(self) -> None:
+        """The backstore grew (config reload): take its new size and tell every nexus
+        CAPACITY DATA HAS CHANGED (SBC-3 4.9), so hosts re-read the capacity."""
+        self.num_blocks = self.backstore.size // self.block_size
+        self.invalidate_cache()
+        self.add_ua(Reason.CAPACITY_CHANGED)
+
     # --- hooks for the transport -----------------------------------------------------------
 
     def nexus_added(self, nexus: Nexus) -> None:
