@@ -266,9 +266,10 @@ class Replication(TakeoverRole):
             await self.restore(g)
             await self.purge_primary(g)
             info = await self._call(g, "repl.resync", {"group": name})
-            if info.get("journal_restarted"):  # after a journal failure: it starts again, empty
-                g.read_pos = g.restored_pos = int(info["in_pos"])
-                g.read_seq = g.restored_seq = int(info["next_seq"])
+            # the primary moved what this array had not taken to its bitmap (or restarted a failed
+            # journal): the journal goes on from the copy's start, whatever reply was lost before
+            g.read_pos = g.restored_pos = int(info["in_pos"])
+            g.read_seq = g.restored_seq = int(info["next_seq"])
             region = int(info["region"])
             for p in g.pairs:
                 dirty = info["dirty"].get(str(p.pvol), [])

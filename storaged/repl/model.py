@@ -46,6 +46,12 @@ class Group:
     out_pos: int = 0
     out_seq: int = 1
     dirty: dict[str, list[int]] = field(default_factory=dict)  # volume -> regions written while suspended
+    #: primary, from a resync until the secondary's copy is done: entries from here on presume the
+    #: secondary copied the regions that resync handed out (a secondary that missed the resync,
+    #: its reply lost, must not restore them); ``copy_restarted``: the journal restarted there
+    copy_from_pos: int = 0
+    copy_from_seq: int = 0
+    copy_restarted: bool = False
     # secondary: the four pointers of Fig. 15, as (position, next sequence number)
     epoch: int = 0
     head: int = 0
@@ -108,6 +114,8 @@ class Group:
             self.copy_until_seq = COPY_END_UNKNOWN  # a new copy: fuzzy until restored past its end
         elif event == Event.COPY_DONE:
             self.copy_until_seq = 0
+            self.copy_from_pos = self.copy_from_seq = 0
+            self.copy_restarted = False
         self.state = new.value
         self.error = error
         for p in self.pairs:

@@ -147,6 +147,8 @@ class PrimaryRole(ReplicationCore):
         await j.make_durable()  # the secondary acquires up to the durable point only
         st: dict[str, Any] = dict(j.status())
         st.update({"group": name, "state": g.state, "error": g.error, "now_ns": time.time_ns(), "role": "primary"})
+        if g.copy_from_seq:
+            st["copy_from"] = {"pos": g.copy_from_pos, "seq": g.copy_from_seq, "restarted": g.copy_restarted}
         if at_pos is not None and at_pos != j.committed_pos:
             hdr = decode_header(await j.store.read(at_pos, HEAD_LBA_BYTES))
             st["time_at_pos_ns"] = hdr.time_ns if hdr is not None and not (hdr.flags & 1) else st["oldest_time_ns"]
@@ -169,13 +171,13 @@ class PrimaryRole(ReplicationCore):
         # before journal-out moves: the purged entries' volume writes done and durable
         await order.make_volumes_durable(min(upto_seq, j.committed_seq + 1))
         async with order.lock:
-            if upto_seq != j.committed_seq + 1 and upto_seq != j.ptr.out_seq:
+            if upto_seq <= j.ptr.out_seq:
+                return j.status()  # nothing to free (already purged, or a journal restarted past it)
+            if upto_seq != j.committed_seq + 1:
                 hdr = decode_header(await j.store.read(upto_pos, HEAD_LBA_BYTES))
                 if hdr is None or hdr.seq != upto_seq or hdr.epoch != j.sb.epoch:
                     raise CommandError(ResultStatus.BAD_PARAMETER,
                                        f"purge: ring position {upto_pos} does not hold entry {upto_seq}")
-            if upto_seq == j.ptr.out_seq:
-                return j.status()  # nothing to free
             await j.purge(upto_pos, upto_seq)
             g.out_pos, g.out_seq = j.ptr.out_pos, j.ptr.out_seq
             self.save()
@@ -200,15 +202,32 @@ class PrimaryRole(ReplicationCore):
         j = self.journals[name]
         async with order.lock:
             await order.drain()  # bitmap-tracked writes in flight land before their regions are handed out
-            if g.state != State.COPY:
-                self._primary_event(g, Event.RESYNC)
-            restarted = j.recover_from_failure()
-            if restarted:
-                g.out_pos, g.out_seq = j.ptr.out_pos, j.ptr.out_seq
+            if g.state != State.COPY or not g.copy_from_seq:
+                await self._unsent_to_bitmap(g, j, order)
+                restarted = j.recover_from_failure()
+                if restarted:
+                    g.out_pos, g.out_seq = j.ptr.out_pos, j.ptr.out_seq
+                g.copy_from_pos, g.copy_from_seq, g.copy_restarted = j.ptr.in_pos, j.ptr.next_seq, restarted
+                if g.state != State.COPY:
+                    self._primary_event(g, Event.RESYNC)
                 self.save()
+            # a retry (the first reply lost) gets the same starting point: the secondary reads from there
             dirty = {str(k): sorted(v) for k, v in order.dirty.items()}
-            return {"dirty": dirty, "in_pos": j.ptr.in_pos, "next_seq": j.ptr.next_seq, "region": REGION,
-                    "journal_restarted": restarted}
+            return {"dirty": dirty, "in_pos": g.copy_from_pos, "next_seq": g.copy_from_seq, "region": REGION,
+                    "journal_restarted": g.copy_restarted}
+
+    async def _unsent_to_bitmap(self, g: Group, j: PrimaryJournal, order: WriteOrder) -> None:
+        """At a resync, entries the secondary has not taken (it restored and purged what it had
+        before asking) go to the bitmap: the copy brings their regions. Replayed after the copy
+        they would put older data over regions whose later writes only the bitmap holds (writes
+        while suspended); and a failed journal restarts empty, which would lose them."""
+        if j.ptr.out_seq == j.committed_seq + 1:
+            return
+        for e in await j.scan(j.ptr.out_pos, j.ptr.out_seq, j.committed_pos):
+            await order.mark(e.volume, e.offset, e.length)
+        await order.make_volumes_durable()  # as for any purge: no redo will cover them any more
+        await j.purge(j.committed_pos, j.committed_seq + 1)
+        g.out_pos, g.out_seq = j.ptr.out_pos, j.ptr.out_seq
 
     async def _primary_copy_done(self, g: Group) -> dict[str, Any]:
         """The secondary finished its copy: the regions it copied are no longer needed here."""

@@ -146,6 +146,8 @@ class SecondaryRole(PrimaryRole):
             raise _wrong_state(g, "journal acquisition", ("PAIR", "COPY", "PSUS", "PSUE"))
         link = self._link(g)
         st = status if status is not None else await self._call(g, "repl.journal_status", {"group": g.name})
+        if upto is None:
+            upto = self._held_back_at(g, st)
         durable = int(st.get("durable_in", st["journal_in"]))
         target = durable if upto is None else int(upto)
         if upto is not None and st.get("durable_in") is not None and self._ring_ahead(g, int(upto), durable):
@@ -215,6 +217,17 @@ class SecondaryRole(PrimaryRole):
         mirrors the primary's positions, so a position the primary reuses must be one this array
         no longer needs (while the S-VOLs are being copied, entries wait unrestored)."""
         await self._call(g, "repl.purge", {"group": g.name, "upto_pos": g.restored_pos, "upto_seq": g.restored_seq})
+
+    @staticmethod
+    def _held_back_at(g: Group, st: dict[str, Any]) -> int | None:
+        """Where acquisition stops for a suspended secondary whose primary has entries that presume
+        a resync copy this array never made (the resync's reply was lost): before them."""
+        cf = st.get("copy_from")
+        if not cf or g.state not in (State.PSUE, State.PSUS):
+            return None
+        if cf.get("restarted") or g.read_seq >= int(cf["seq"]):
+            return g.read_pos  # nothing before them left to take
+        return int(cf["pos"])
 
     async def cycle(self, g: Group) -> dict[str, int]:
         """One round of the Fig. 16 loop, as the secondary runs it by itself."""

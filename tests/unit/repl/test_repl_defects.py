@@ -540,3 +540,41 @@ def test_a_copy_during_which_the_primary_suspended_is_reported_inconsistent(tmp_
         assert s.same()
 
     run(tmp_path, body)
+
+
+def test_a_secondary_that_missed_a_resync_does_not_restore_entries_that_presume_its_copy(tmp_path: Any) -> None:
+    """Found by the simulator (crash_primary): a resync whose reply is lost leaves the primary
+    journaling again (COPY) and the secondary suspended, without the regions written meanwhile.
+    If the primary then suspends again (here a journal write fails; in the simulator a restart),
+    the secondary saw PSUE on both sides and restored the entries journaled after that resync on
+    top of S-VOLs that lack the regions the copy was to bring: a state no prefix gives, shown as
+    PSUE, which a takeover would then serve. Those entries wait for the secondary's own resync."""
+
+    async def body(s: Sites, link: EdgeLink) -> None:
+        await s.create()
+        await s.synced()
+        disk = s.a.disks[JNL]
+        assert isinstance(disk, FlakyDisk)
+        disk.armed = True
+        await s.write(0)  # the journal write fails: PSUE, tracked in the bitmap
+        assert await until(lambda: s.state(s.a) == s.state(s.b) == "PSUE"), s.states()
+        await s.write(0)  # W1 (bitmap only)
+        link.lose_reply_of = "repl.resync"
+        with pytest.raises(CommandError):
+            await s.b.array.repl.resync(G, False)
+        assert s.state(s.a) == "COPY" and s.state(s.b) == "PSUE", s.states()
+        await s.write(512)  # W2: journaled, after W1 in the primary's order
+        disk.armed = True
+        await s.write(1024)  # the journal fails again: the primary is PSUE once more
+        assert await until(lambda: s.state(s.a) == "PSUE"), s.states()
+        await asyncio.sleep(2.0)  # the secondary's rounds see PSUE on both sides
+        sv = s.b.disks[VOL].cur
+        pv = s.a.disks[VOL].cur
+        w2_there = sv[512 * BLOCK:513 * BLOCK] == pv[512 * BLOCK:513 * BLOCK]
+        w1_there = sv[0:BLOCK] == pv[0:BLOCK]
+        assert w1_there or not w2_there, "S-VOL holds W2 without W1: not a prefix of the primary's order"
+        await s.converge()
+        assert s.state(s.a) == s.state(s.b) == "PAIR", s.states()
+        assert s.same()
+
+    run(tmp_path, body)
