@@ -106,3 +106,6 @@ def test_systemd_units_point_at_the_installed_commands() -> None:
     unit = (REPO / "systemd" / "storaged@.service").read_text()
     assert "ExecStart=/opt/storaged/.venv/bin/storaged --config /etc/storaged/%i.yaml" in unit
     assert "KillSignal=SIGTERM" in unit
+    reload = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecReload=")]
+    assert reload == ["/opt/storaged/.venv/bin/storaged --check-config /etc/storaged/%i.yaml "
+                      "--data-dir /var/lib/storaged/%i", "/bin/kill -HUP $MAINPID"]
