@@ -173,6 +173,25 @@ def query(base: str, promql: str) -> list[dict[str, Any]]:
     return list(body["data"]["result"])
 
 
+def dashboard_queries_evaluate(base: str) -> None:
+    """Every query of the Grafana dashboard is valid PromQL here, and the panels the issue names
+    show data for both arrays (Grafana's $__rate_interval and $array filled in as Grafana would)."""
+    dash = json.loads((REPO / "ops" / "grafana" / "storaged.json").read_text())
+    targets = [(p["title"], t["expr"]) for p in dash["panels"] if p["type"] != "row" for t in p["targets"]]
+    must_show = ("RPO", "Journal usage", "Write throughput", "Latency", "Link state")
+    deadline = time.monotonic() + 30
+    while True:
+        empty = []
+        for title, expr in targets:
+            result = query(base, expr.replace("$__rate_interval", "5s").replace("$array", ".*"))
+            if title.startswith(must_show) and not result:
+                empty.append(title)
+        if not empty or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert not empty, f"dashboard panels without data: {empty}"
+
+
 def test_prometheus_server_reads_the_series(lab: Lab, tmp_path: Path) -> None:
     require("prometheus")
     port = free_port()
@@ -212,6 +231,7 @@ def test_prometheus_server_reads_the_series(lab: Lab, tmp_path: Path) -> None:
             (tmp_path / "prometheus.log").read_text()[-3000:]
         assert {r["metric"]["instance"] for r in got["rpo"]} == set(hosts)
         assert {r["metric"]["peer"] for r in got["link"]} == {"site-a", "site-b"}
+        dashboard_queries_evaluate(base)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
