@@ -22,6 +22,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--metrics-listen", metavar="HOST:PORT",
                     help="serve Prometheus metrics on http://HOST:PORT/metrics (overrides metrics.listen)")
     ap.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override the config")
+    ap.add_argument("--log-format", choices=["text", "json"], default="text",
+                    help="json: one object per line (ts, level, logger, message, initiator, target, lun, "
+                    "peer, group, exc) for log shippers")
     ap.add_argument("--version", action="store_true", help="print the version and exit")
     ap.add_argument("--check-config", metavar="FILE",
                     help="check FILE as startup would (nothing is created) and exit: 0 with 'ok', or 2 with the "
@@ -52,11 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"storaged: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=args.log_level or cfg.log_level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from .logfmt import setup as setup_logging
+
+    setup_logging(args.log_format, args.log_level or cfg.log_level, sys.stderr)
     try:
         import uvloop  # optional: a faster event loop when installed
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
+from ..logfmt import with_log_fields
 from ..scsi.types import Nexus, ScsiResult
 from .conn_base import (
     _MASK,
@@ -64,12 +66,18 @@ log = logging.getLogger(__name__)
 
 
 class TargetConnection(WritePath):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: the fields this connection's log lines carry (initiator, target: the login notes them)
+        self.log_fields: dict[str, Any] = {}
+
     # --- public API ------------------------------------------------------------------------
 
     @property
     def logged_in(self) -> bool:
         return self.session is not None
 
+    @with_log_fields
     def receive_data(self, data: bytes | bytearray | memoryview, now: float | None = None) -> list[Event]:
         """Buffer received bytes and process every complete PDU."""
         if now is not None:
@@ -111,6 +119,7 @@ class TargetConnection(WritePath):
         self._pump_grants()
         return self._take_events()
 
+    @with_log_fields
     def abort_tasks(self, lun: int | None) -> None:
         """Abort every task on ``lun`` (all LUNs if None): another session reset the LU or target,
         or this connection is gone."""
@@ -121,12 +130,14 @@ class TargetConnection(WritePath):
             self.array_budget.forget(id(self))
         self._pump_grants()
 
+    @with_log_fields
     def resume(self) -> list[Event]:
         """Retry writes waiting for budget (after :attr:`wake` was called)."""
         if not self.closed:
             self._pump_grants()
         return self._take_events()
 
+    @with_log_fields
     def tick(self, now: float) -> list[Event]:
         """Drive timers: NOP-In pings on an idle link, dropping a link that stopped answering, and
         dropping one that holds write grants without sending the data its R2Ts asked for (at ERL 0

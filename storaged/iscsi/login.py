@@ -12,6 +12,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 
+from ..logfmt import note as note_log_fields
 from .chap import ChapCredentials, ChapError, ChapTarget
 from .params import IDENTITY_KEYS, NegotiationError, Negotiator, SessionParams
 from .pdu import PDU, Opcode, format_text, parse_text
@@ -192,6 +193,7 @@ class LoginMachine:
             if key in keys and not _valid_name(keys[key]):
                 raise LoginFailed(LoginStatus.INITIATOR_ERROR, f"{key}={keys[key][:64]!r} is not an iSCSI name")
         self.initiator = initiator
+        note_log_fields(initiator=initiator)
         self.initiator_alias = keys.get("InitiatorAlias", "")[:255]
         session_type = keys.get("SessionType", "Normal")
         if session_type not in ("Normal", "Discovery"):
@@ -201,6 +203,7 @@ class LoginMachine:
             name = keys.get("TargetName")
             if not name:
                 raise LoginFailed(LoginStatus.MISSING_PARAMETER, "TargetName missing")
+            note_log_fields(target=name)
             target = self.portal.targets.get(name)
             if target is None:
                 raise LoginFailed(LoginStatus.NOT_FOUND, f"no target {name}")

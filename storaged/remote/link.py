@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..backstore.base import Extent
+from ..logfmt import LOG_FIELDS, with_log_fields
 from ..netio import BatchedWriter, tune_socket
 from ..origin import ORIGIN, current_origin, via_peer
 from .api import LinkDown, LinkError, LinkHandler, LinkTimeout, RemoteError, Volume, VolumeInfo
@@ -99,6 +100,8 @@ class _FrameConnection(asyncio.BufferedProtocol):
         self.out = BatchedWriter(self.loop)
         self._pause_reasons: set[str] = set()
         self._process_scheduled = False
+        #: the fields this connection's log lines carry (storaged.logfmt): the peer, once known
+        self.log_fields: dict[str, Any] = {}
 
     # --- asyncio callbacks -----------------------------------------------------------------
 
@@ -130,6 +133,7 @@ class _FrameConnection(asyncio.BufferedProtocol):
     def eof_received(self) -> bool | None:
         return None  # half-closed is closed: let the transport close
 
+    @with_log_fields
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         if not self.close_reason:
@@ -148,6 +152,7 @@ class _FrameConnection(asyncio.BufferedProtocol):
 
     # --- framing ---------------------------------------------------------------------------
 
+    @with_log_fields
     def process(self) -> None:
         """Decode and handle buffered frames until more bytes are needed or ``hold()`` says stop."""
         while not self.closing:
@@ -349,7 +354,7 @@ class _ServerConnection(_FrameConnection):
                             e.peer_name, e.message)
             return
         if self.hs.done:
-            self.peer = self.hs.peer_name
+            self.peer = self.log_fields["peer"] = self.hs.peer_name
             self._release_slot()
             if self._hs_timer is not None:
                 self._hs_timer.cancel()
@@ -543,6 +548,7 @@ class _ClientConnection(_FrameConnection):
         super().__init__()
         self.link = link
         self.hs = hs
+        self.log_fields["peer"] = link.peer_name
         self.pending: dict[int, asyncio.Future[Frame]] = {}
         self.ready: asyncio.Future[None] = self.loop.create_future()
         self.ping_id = 0
@@ -743,6 +749,7 @@ class PeerLink:
             log.error("remote link %s: listener failed", self.peer_name, exc_info=task.exception())
 
     async def _run(self) -> None:
+        LOG_FIELDS.set({"peer": self.peer_name})  # this task's own context: its lines name the peer
         delay = self.backoff_initial
         logged_error: str | None = None
         try:
