@@ -95,6 +95,12 @@ def _resize_file(fd: int, size: int) -> None:
 async def _prepare(array: Array, plan: ReloadPlan, staged: _Staged) -> None:
     from .array import LunRecord
 
+    for t, old, new in plan.grown:
+        rec = array.luns[(t.name, new.lun)]
+        assert rec.lu is not None and isinstance(rec.lu.backstore, SparseFileBackstore)  # Facts.growable
+        grown = rec.lu.backstore
+        staged.grown.append((grown, old.size, new.size))
+        await asyncio.to_thread(_resize_file, grown.fd, new.size)
     for t in plan.added_targets:
         staged.targets[t.name] = ScsiTarget(t.name, {}, tpgts=(t.portal_group_tag,))
     for t, lun in plan.added_luns:
@@ -112,12 +118,6 @@ async def _prepare(array: Array, plan: ReloadPlan, staged: _Staged) -> None:
             store = array._local_store(lun)
         staged.stores[key] = store
         staged.lus[key] = array._new_lu(rec, store)
-    for t, old, new in plan.grown:
-        rec = array.luns[(t.name, new.lun)]
-        assert rec.lu is not None and isinstance(rec.lu.backstore, SparseFileBackstore)  # Facts.growable
-        store = rec.lu.backstore
-        staged.grown.append((store, old.size, new.size))
-        await asyncio.to_thread(_resize_file, store.fd, new.size)
     for p in plan.added_peers:
         staged.links[p.name] = array.new_link(p)
 

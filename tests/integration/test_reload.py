@@ -5,6 +5,8 @@ hosts. What applies, what is refused (nothing applied), and a bad file (nothing 
 from __future__ import annotations
 
 import copy
+import fcntl
+import os
 import signal
 import subprocess
 from pathlib import Path
@@ -203,6 +205,40 @@ async def test_bad_file_changes_nothing(tmp_path: Path) -> None:
         assert await unit_attentions(s, 1) == [CAPACITY_CHANGED] and await capacity(s, 1) == 32 << 20
         assert proc.alive()
     finally:
+        await s.close()
+        proc.stop()
+
+
+async def test_a_failure_while_applying_undoes_what_was_prepared(tmp_path: Path) -> None:
+    """The new LUN's file is locked by another process: found only when opening it, after LUN 1's
+    file was already grown. The grow is undone and hosts see nothing."""
+    cfg = small_config()
+    proc = StoragedProcess(tmp_path / "data", cfg).start()
+    s = IscsiSession()
+    locked = tmp_path / "data" / "lun2.img"
+    fd = os.open(locked, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.ftruncate(fd, 8 << 20)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        await s.login("127.0.0.1", proc.port, TARGET)
+        for lun in (0, 1):
+            await unit_attentions(s, lun)
+        new = copy.deepcopy(cfg)
+        new["targets"][0]["luns"][1]["size"] = "32MiB"
+        new["targets"][0]["luns"].append({"lun": 2, "size": "8MiB", "file": "lun2.img"})
+        log = reload(proc, new)
+        assert "could not apply" in log and "in use by another process" in log and "nothing changed" in log, log
+        assert (tmp_path / "data" / "lun1.img").stat().st_size == 16 << 20  # grown, then cut back
+        assert locked.exists()  # not ours to delete
+        assert await unit_attentions(s, 0) == [] and await unit_attentions(s, 1) == []
+        assert await report_luns(s) == [0, 1] and await capacity(s, 1) == 16 << 20
+        os.close(fd)
+        fd = -1
+        assert "applied: LUN 2 of" in reload(proc, new)  # the same file once the other process let go
+        assert await capacity(s, 1) == 32 << 20
+    finally:
+        if fd >= 0:
+            os.close(fd)
         await s.close()
         proc.stop()
 

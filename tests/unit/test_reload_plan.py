@@ -56,8 +56,8 @@ def test_shrink_is_refused_naming_the_field() -> None:
     new["targets"][0]["luns"][0]["size"] = "32MiB"
     new["targets"][0]["luns"].append({"lun": 2, "size": "8MiB"})
     p = plan(base(), new)
-    assert p.refused == [f"targets[0].luns[0].size: LUN 0 of {T}: cannot shrink from 64 MiB to 32 MiB "
-                         "(hosts may hold data past the new end)"]
+    assert p.refused == [(f"targets[0].luns[0].size: LUN 0 of {T}: cannot shrink from 64 MiB to 32 MiB "
+                          "(hosts may hold data past the new end)")]
 
 
 @pytest.mark.parametrize("facts, reason", [
