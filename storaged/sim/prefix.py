@@ -111,7 +111,7 @@ class PrefixWatch:
         for vol, b in self.dirty:
             t = self._tag(vol, b)
             why = ""
-            if era.ghost(vol, b, t):
+            if t and era.ghost(vol, b, t):  # (zeros are also what a never-written block holds)
                 why = f"holds write {t}, which the primary's journal lost in a crash"
             else:
                 exp = era.expected(vol, b, p)

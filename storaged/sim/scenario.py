@@ -32,6 +32,7 @@ class Scenario:
         self.plan = plan
         self.hosts = Hosts(world, plan)
         self._reboots: list[asyncio.Task[None]] = []
+        self._booting: list[asyncio.Task[None]] = []
 
     # --- set-up ------------------------------------------------------------------------------------
 
@@ -149,7 +150,11 @@ class Scenario:
 
     async def _reboot(self, node: SimNode, after: float) -> None:
         await asyncio.sleep(after)
-        await self.boot(node)
+        # its own task: the drain cancels reboots still waiting, never a start-up under way (a
+        # cancelled repl.start() would leave the array up but never ready)
+        boot = asyncio.get_running_loop().create_task(self.boot(node))
+        self._booting.append(boot)
+        await asyncio.shield(boot)
 
     async def boot(self, node: SimNode) -> None:
         if node.alive:
@@ -256,6 +261,7 @@ class Scenario:
         w.net.partitioned = False
         for t in self._reboots:
             t.cancel()
+        await asyncio.gather(*self._booting, return_exceptions=True)
         for n in w.nodes.values():
             await self.boot(n)
         await self.hosts.drain()

@@ -304,7 +304,7 @@ class World:
         era = self.era(node.name, j.sb.epoch)
         dirty = set(g.dirty.get(str(lun), [])) if g is not None else set()
         for v, b, t in sorted(era.ghosts):
-            if v == lun and disk.tags(b * BLOCK, BLOCK)[0] == t and era.first_key(v, b, t) < 0 \
+            if t and v == lun and disk.tags(b * BLOCK, BLOCK)[0] == t and era.first_key(v, b, t) < 0 \
                     and (b * BLOCK) >> 20 not in dirty:
                 self.violation("pvol-ahead-of-journal", f"{node.name} LUN {lun} block {b} holds write {t}, whose "
                                                         "journal entry the restart did not find (and no bitmap "
