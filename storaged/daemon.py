@@ -26,8 +26,8 @@ async def run(cfg: ArrayConfig, reread: Callable[[], ArrayConfig] | None = None)
     reloads: set[asyncio.Task[None]] = set()
 
     def hup() -> None:
-        if array.address is None:
-            log.warning("reload: SIGHUP ignored, the array is still starting")
+        if array.address is None or stop.is_set():
+            log.warning("reload: SIGHUP ignored, the array is %s", "stopping" if stop.is_set() else "still starting")
             return
         task = loop.create_task(reload_from(array, reread), name="reload")
         reloads.add(task)
@@ -45,9 +45,7 @@ async def run(cfg: ArrayConfig, reread: Callable[[], ArrayConfig] | None = None)
                  "any" if t.initiators is None else ",".join(sorted(t.initiators)),
                  "; CHAP" if t.chap else "")
     await stop.wait()
-    for task in list(reloads):
-        task.cancel()  # an unfinished reload rolls back
-    if reloads:
+    if reloads:  # let a reload in progress finish (or roll back) so every LUN it touched is synced below
         await asyncio.wait(reloads)
     log.info("shutting down: closing sessions and syncing LUNs")
     await array.stop()

@@ -315,4 +315,7 @@ async def reload_from(array: Array, reread: Callable[[], ArrayConfig] | None) ->
     except ConfigError as exc:
         log.error("reload: %s; nothing changed, the running configuration stays in force", exc)
         return
-    await array.reload(cfg)
+    try:
+        await array.reload(cfg)
+    except Exception:  # a bug, not a config problem: say so, keep serving
+        log.exception("reload: %s: failed unexpectedly", cfg.source)
