@@ -190,6 +190,7 @@ def _commit(array: Array, plan: ReloadPlan, staged: _Staged) -> None:
     _commit_peers(array, plan, staged)
     array.cfg = plan.new
     _refresh_portal(array)
+    _warn_outside_acl(array, plan)
     for peer in sorted({lun.map.array for _t, lun in plan.added_luns if lun.map is not None}):
         link = array.links.get(peer)
         if link is not None and link.connected:  # otherwise the link coming up attaches them
@@ -234,6 +235,21 @@ def _refresh_portal(array: Array) -> None:
     live.operational.clear()
     live.operational.update(fresh.operational)
     live.chap_algorithms = fresh.chap_algorithms
+
+
+def _warn_outside_acl(array: Array, plan: ReloadPlan) -> None:
+    """A narrower ACL does not cut off sessions already logged in: say which ones it would refuse."""
+    if array.iscsi is None:
+        return
+    for name in plan.access:
+        info = array.iscsi.portal.targets.get(name)
+        if info is None:
+            continue
+        for proto in array.iscsi.connections:
+            nexus = proto.conn.nexus
+            if nexus is not None and nexus.target == name and not info.allows(nexus.initiator):
+                log.warning("reload: %s stays logged in to %s although the new initiators list would refuse it; "
+                            "it keeps access until it logs out", nexus.initiator, name)
 
 
 async def _finish(array: Array, staged: _Staged) -> None:

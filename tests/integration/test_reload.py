@@ -254,6 +254,7 @@ async def test_acl_and_chap_changes_apply_to_new_logins_only(tmp_path: Path) -> 
         new["targets"][0]["initiators"] = ["iqn.2026-11.test:allowed"]
         log = reload(proc, new)
         assert f"target {TARGET}: initiators (new logins)" in log, log
+        assert f"iqn.2026-11.test:kept stays logged in to {TARGET} although the new initiators list" in log
         with pytest.raises(LoginRefused) as info:
             await IscsiSession().login("127.0.0.1", proc.port, TARGET, initiator="iqn.2026-11.test:kept2")
         assert info.value.status == 0x0202
