@@ -570,9 +570,11 @@ class _StrictLoader(yaml.SafeLoader):
 def load_config(path: str) -> ArrayConfig:
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.load(f, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+            data = yaml.load(f, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "", f"not UTF-8 text: byte {exc.start} is {exc.object[exc.start]:#04x}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -133,6 +133,14 @@ def test_cli_bad_yaml_and_missing_file(tmp_path: Path) -> None:
     assert r.returncode == 2 and f"{tmp_path / 'nope.yaml'}: cannot read" in r.stderr
 
 
+def test_cli_file_not_utf8_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(GOOD.replace("site-a", "caf\xe9").encode("latin-1"))
+    r = run_cli("--check-config", str(path))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith(f"storaged: {path}: not UTF-8 text"), r.stderr
+
+
 def test_cli_applies_data_dir_override_as_startup_does(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD)
     other = tmp_path / "other"
