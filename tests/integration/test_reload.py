@@ -310,6 +310,10 @@ def test_paired_lun_cannot_be_removed_or_grown_nor_its_peer_removed(tmp_path: Pa
         assert "targets[0].luns[0].size: LUN 1 of iqn.2026-11.io.storaged:site-a: cannot grow: paired " \
                "(journal group g1)" in log, log
         assert "nothing applied" in log
+        unmapped = copy.deepcopy(cfg)  # site-b's LUN map serves site-a's LUN 2 as its virtual volume LUN 3
+        unmapped["targets"][0]["luns"] = [lun for lun in unmapped["targets"][0]["luns"] if lun["lun"] != 2]
+        log = reload(sites.a, unmapped)
+        assert "LUN 2 of iqn.2026-11.io.storaged:site-a: cannot remove: used over the remote link by site-b" in log, log
         unpeered = copy.deepcopy(cfg)
         unpeered["remote"]["peers"] = []
         unpeered["targets"][0]["luns"] = [lun for lun in unpeered["targets"][0]["luns"] if "map" not in lun]
