@@ -52,6 +52,8 @@ class Replication(TakeoverRole):
                                                         "this array is still the primary (or hostctl pairrelease)")
                 if g.awaiting_confirm:
                     self._spawn_confirm(g)
+                if g.demote:  # a swap whose last message the old primary has not answered
+                    self._spawn_demote(g)
             else:
                 self.secondary_journal[g.name] = Superblock(g.name, g.block_size, g.head, g.end, g.epoch)
                 self._protect(g)
@@ -74,6 +76,10 @@ class Replication(TakeoverRole):
         yes lifts the restart fence. A peer that took over keeps it (the operator decides)."""
         delay = 0.05
         while self.groups.get(g.name) is g and g.awaiting_confirm:
+            if g.demote:  # the old primary is still to be told it is the secondary: ask after that
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
             try:
                 view = await self._call(g, "repl.peer_view", {"group": g.name}, timeout=5.0)
             except CommandError as exc:
@@ -139,6 +145,8 @@ class Replication(TakeoverRole):
                 return await self._forwarded(peer, str(params["op"]), str(params["group"]), params)
             if method == "repl.peer_view":
                 return self._peer_view(peer, str(params["group"]))
+            if method == "repl.become_secondary" and (done := self._already_secondary(peer, params)) is not None:
+                return done
             handler = _PRIMARY_CALLS.get(method)
             if handler is None:
                 raise RemoteError(Status.BAD_REQUEST, f"unknown method {method!r}")

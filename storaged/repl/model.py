@@ -7,6 +7,7 @@ go through :meth:`Group.apply`, which checks them against the table in :mod:`.st
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..cmddev.block import ResultStatus
 from ..cmddev.dispatch import CommandError
@@ -49,6 +50,12 @@ class Group:
     #: primary, from a resync until the secondary's copy is done: entries from here on presume the
     #: secondary copied the regions that resync handed out (a secondary that missed the resync,
     #: its reply lost, must not restore them); ``copy_restarted``: the journal restarted there
+    #: primary after a swap or reverse resync: the ``repl.become_secondary`` request the old
+    #: primary has not answered yet, persisted and repeated until it is (else two primaries)
+    demote: dict[str, Any] = field(default_factory=dict)
+    #: how many swaps the pair has been through: a ``repl.become_secondary`` of an older swap (a
+    #: repeat that arrives after the roles moved on) is refused, as a stale leader's in Raft
+    term: int = 0
     copy_from_pos: int = 0
     copy_from_seq: int = 0
     copy_restarted: bool = False

@@ -91,7 +91,7 @@ class TakeoverRole(SecondaryRole):
                 lu.backstore = lu.backstore.inner
         pairs = [Pair(pvol=p.svol, svol=p.pvol, state=p.state, size=p.size, copied=p.size) for p in g.pairs]
         ng = Group(name, "primary", g.peer, pjnl=g.sjnl, sjnl=g.pjnl, pairs=pairs, state=g.state,
-                   target=g.target, peer_target=g.peer_target)
+                   target=g.target, peer_target=g.peer_target, term=g.term + 1)
         ng.apply(event)
         self.secondary_journal.pop(name, None)
         await self._attach_primary(ng, reopen=False)
@@ -99,7 +99,58 @@ class TakeoverRole(SecondaryRole):
         self.save()
         j = self.journals[name]
         return {"group": name, "pjnl": ng.pjnl, "epoch": j.sb.epoch, "head": j.sb.head, "end": j.sb.end,
-                "block_size": j.sb.block_size, "in_pos": j.ptr.in_pos, "next_seq": j.ptr.next_seq}
+                "block_size": j.sb.block_size, "in_pos": j.ptr.in_pos, "next_seq": j.ptr.next_seq, "term": ng.term}
+
+    async def _demote_old_primary(self, ng: Group, request: dict[str, Any]) -> None:
+        """Tell the old primary (fenced: it takes no host writes) to become this array's
+        secondary. Persisted first: if the request or its reply is lost, a task repeats it (also
+        after a restart) until the old primary answers, so the pair never stays with two primaries."""
+        ng.demote = request
+        self.save()
+        try:
+            await self._call(ng, "repl.become_secondary", request)
+        except CommandError as exc:
+            ng.error = f"{ng.peer} not yet told to become the secondary ({exc}); retrying"
+            log.warning("group %s: %s", ng.name, ng.error)
+            self._spawn_demote(ng)
+            return
+        ng.demote = {}
+        self.save()
+
+    def _spawn_demote(self, g: Group) -> None:
+        key = f"demote:{g.name}"
+        task = self._tasks.get(key)
+        if task is None or task.done():
+            self._tasks[key] = asyncio.get_running_loop().create_task(self._repeat_demote(g), name=f"repl-{key}")
+
+    async def _repeat_demote(self, g: Group) -> None:
+        delay = 0.05
+        while self.groups.get(g.name) is g and g.demote:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            if self.groups.get(g.name) is not g or not g.demote:
+                return  # the roles moved on meanwhile
+            try:
+                await self._call(g, "repl.become_secondary", g.demote)
+            except CommandError as exc:
+                if exc.status == ResultStatus.WRONG_STATE and "stale" in str(exc):
+                    g.demote = {}  # the peer is past this swap already (a later swap or takeover)
+                    self.save()
+                    return
+                g.error = f"{g.peer} not yet told to become the secondary ({exc}); retrying"
+                continue
+            g.demote = {}
+            g.error = ""
+            self.save()
+            log.warning("group %s: %s is the secondary now", g.name, g.peer)
+
+    def _already_secondary(self, peer: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        """A repeated ``repl.become_secondary`` this array already acted on (the reply was lost)."""
+        g = self.groups.get(str(params.get("group")))
+        if g is not None and g.role == "secondary" and g.peer == peer and g.epoch == int(params["epoch"]) \
+                and g.term == int(params.get("term", 0)):
+            return {"group": g.name, "state": g.state, "role": "secondary"}
+        return None
 
     async def _swap(self, g: Group) -> None:
         name = g.name
@@ -113,7 +164,7 @@ class TakeoverRole(SecondaryRole):
         if task is not None and task is not asyncio.current_task():
             task.cancel()
         info = await self._become_primary(g, Event.SWAP)
-        await self._call(g, "repl.become_secondary", info)
+        await self._demote_old_primary(self.groups[name], info)
         log.warning("group %s: swapped: this array is now the primary of %s", name, g.peer)
 
     async def resync_swap(self, name: str, force: bool) -> dict[str, Any]:
@@ -146,7 +197,7 @@ class TakeoverRole(SecondaryRole):
             for p in g.pairs:  # what was written here in SSWS must survive a crash during the copy back
                 await self._inner(self._lu(p.svol, "S-VOL", g.target)).flush()
             info = await self._become_primary(g, Event.REVERSE)
-            await self._call(g, "repl.become_secondary", {**info, "copy_regions": copy})
+            await self._demote_old_primary(self.groups[name], {**info, "copy_regions": copy})
         return {"group": name, "state": "COPY", "role": "primary",
                 "copied_regions": sum(len(v) for v in copy.values())}
 
@@ -156,6 +207,10 @@ class TakeoverRole(SecondaryRole):
         ``peer``, whose new primary journal is described in ``params``."""
         name = str(params["group"])
         g = self._primary(name)
+        term = int(params.get("term", 0))
+        if term <= g.term:
+            raise CommandError(ResultStatus.WRONG_STATE, f"stale request: group {name} is at swap {g.term} here, "
+                                                         f"the request is of swap {term}")
         order = self.orders[name]
         async with order.lock:
             for p in g.pairs:
@@ -169,7 +224,8 @@ class TakeoverRole(SecondaryRole):
                    before_fence=g.before_fence, target=g.target, peer_target=g.peer_target,
                    epoch=int(params["epoch"]), head=int(params["head"]), end=int(params["end"]),
                    block_size=int(params["block_size"]), restored_pos=int(params["in_pos"]),
-                   restored_seq=int(params["next_seq"]), read_pos=int(params["in_pos"]), read_seq=int(params["next_seq"]))
+                   restored_seq=int(params["next_seq"]), read_pos=int(params["in_pos"]), read_seq=int(params["next_seq"]),
+                   term=term)
         regions = params.get("copy_regions")
         if regions is not None:  # a reverse resync: copy these regions from the new primary first
             ng.apply(Event.REVERSE)

@@ -84,6 +84,7 @@ class EdgeLink:
         self.inner = inner
         self.gates: dict[int, asyncio.Event] = {}
         self.lose_reply_of = ""
+        self.drop_request_of = ""  # lost before the peer sees it (once)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -96,6 +97,9 @@ class EdgeLink:
         return data
 
     async def call(self, method: str, params: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        if method == self.drop_request_of:
+            self.drop_request_of = ""
+            raise LinkDown(f"link to {self.inner.dst} dropped before {method} was sent")
         result: dict[str, Any] = await self.inner.call(method, params, timeout)
         if method == self.lose_reply_of:
             self.lose_reply_of = ""
@@ -576,5 +580,35 @@ def test_a_secondary_that_missed_a_resync_does_not_restore_entries_that_presume_
         await s.converge()
         assert s.state(s.a) == s.state(s.b) == "PAIR", s.states()
         assert s.same()
+
+    run(tmp_path, body)
+
+
+# --- a swap whose last message is lost ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lost", ["request", "reply"])
+def test_a_swap_whose_become_secondary_is_lost_still_ends_with_one_primary(tmp_path: Any, lost: str) -> None:
+    """Found by the simulator (takeover, swap_back): the new primary told the old one to become
+    its secondary once; with that request lost, both arrays stayed primary (the old one fenced)
+    and nothing retried. The new primary now persists the request and repeats it until answered;
+    a repeat the old primary already acted on is answered as done."""
+
+    async def body(s: Sites, link: EdgeLink) -> None:
+        await s.create()
+        await s.write(0)
+        await s.synced()
+        if lost == "request":
+            link.drop_request_of = "repl.become_secondary"
+        else:
+            link.lose_reply_of = "repl.become_secondary"
+        with contextlib.suppress(CommandError):
+            await s.b.array.repl.takeover(G, dry_run=False)
+        assert s.group(s.b).role == "primary"
+        assert await until(lambda: s.group(s.a).role == "secondary", 10.0), s.states()
+        lu = s.b.array.luns[(TARGET, VOL)].lu
+        assert lu is not None and not lu.write_protected
+        await lu.store(64 * BLOCK, b"n" * 4096, False)
+        assert await until(lambda: s.a.disks[VOL].cur == s.b.disks[VOL].cur, 10.0), s.states()
 
     run(tmp_path, body)
