@@ -275,10 +275,12 @@ class World:
         changed = 0
         for vol in g.pvols():
             disk = node.disks.get(vol)
-            for b in sorted(era.hist.get(vol, {})) if disk is not None else ():
+            # blocks with a history, and those a lost entry's truncation left without one
+            blocks = set(era.hist.get(vol, {})) | {b for v, b, _t in era.ghosts if v == vol}
+            for b in sorted(blocks) if disk is not None else ():
                 exp = era.expected(vol, b, 1 << 62)
                 t = int.from_bytes(disk.cur[b * BLOCK:b * BLOCK + 8], "little") if disk is not None else 0
-                if exp is not None and t != exp[0]:
+                if t != (exp[0] if exp is not None else 0):
                     era.add(None, vol, b, [t])
                     changed += 1
         if changed:
