@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..logfmt import LOG_FIELDS
 from ..cmddev.block import ResultStatus
 from ..cmddev.dispatch import CommandError
 from ..remote.api import LinkError, RemoteError
@@ -74,6 +75,7 @@ class Replication(TakeoverRole):
     async def _confirm_role(self, g: Group) -> None:
         """Ask the peer, until it answers, whether this array is still the group's primary; only a
         yes lifts the restart fence. A peer that took over keeps it (the operator decides)."""
+        LOG_FIELDS.set({"group": g.name, "peer": g.peer})  # this task's own context
         delay = 0.05
         while self.groups.get(g.name) is g and g.awaiting_confirm:
             if g.demote:  # the old primary is still to be told it is the secondary: ask after that

@@ -11,6 +11,7 @@ from typing import Any
 from ..cmddev.block import ResultStatus
 from ..cmddev.dispatch import CommandError
 from ..remote.api import LinkError, RemoteError
+from ..logfmt import LOG_FIELDS
 from ..remote.protocol import Status
 from .journal import (
     JournalCorrupt,
@@ -257,6 +258,7 @@ class SecondaryRole(PrimaryRole):
 
     async def _run(self, name: str) -> None:
         """The secondary's own loop: finish any copy, then acquire/restore/purge every interval."""
+        LOG_FIELDS.set({"group": name, "peer": self.groups[name].peer if name in self.groups else None})
         while name in self.groups and self.groups[name].role == "secondary":
             g = self.groups[name]
             try:

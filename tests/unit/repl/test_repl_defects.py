@@ -612,3 +612,26 @@ def test_a_swap_whose_become_secondary_is_lost_still_ends_with_one_primary(tmp_p
         assert await until(lambda: s.a.disks[VOL].cur == s.b.disks[VOL].cur, 10.0), s.states()
 
     run(tmp_path, body)
+
+
+def test_the_secondary_loop_logs_with_its_group_and_peer_as_fields(tmp_path: Any) -> None:
+    """``--log-format json`` shows context as fields: the secondary's own loop names its group."""
+    from storaged.logfmt import context_fields
+
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append((record.getMessage(), context_fields(record)))
+
+    repl_log = logging.getLogger("storaged.repl")
+    handler, level = Capture(), repl_log.level
+    repl_log.addHandler(handler)
+    repl_log.setLevel(logging.INFO)
+    try:
+        run(tmp_path, lambda s, _link: s.create())
+    finally:
+        repl_log.removeHandler(handler)
+        repl_log.setLevel(level)
+    done = [f for m, f in seen if "copy done" in m]
+    assert done and done[0].get("group") == G and done[0].get("peer") == "site-a", seen
