@@ -147,6 +147,8 @@ class PrimaryRole(ReplicationCore):
         await j.make_durable()  # the secondary acquires up to the durable point only
         st: dict[str, Any] = dict(j.status())
         st.update({"group": name, "state": g.state, "error": g.error, "now_ns": time.time_ns(), "role": "primary"})
+        st["before_fence"] = g.before_fence
+        st["dirty_regions"] = sum(len(v) for v in g.dirty.values())
         if g.copy_from_seq:
             st["copy_from"] = {"pos": g.copy_from_pos, "seq": g.copy_from_seq, "restarted": g.copy_restarted}
         if at_pos is not None and at_pos != j.committed_pos:

@@ -47,17 +47,19 @@ class TakeoverRole(SecondaryRole):
             st, reachable = self._last_primary.get(name, {}), False
         else:
             self._last_primary[name] = {**st, "contact_ns": time.time_ns()}
-        variant = "swap" if reachable and g.state == State.PAIR else "svol-takeover"
+        # a swap assumes both sides equal once the journal is restored: only from a primary in PAIR
+        # (one that suspended journals nothing more; its bitmap holds writes this array never gets)
+        variant = "swap" if reachable and g.state == State.PAIR and st.get("state") == State.PAIR else "svol-takeover"
         plan = {"group": name, "variant": variant, "primary_reachable": reachable,
                 **takeover_risk(g.read_seq, g.restored_seq, st, reachable, time.time_ns())}
         if dry_run:
             return plan
         async with self.lock(name):
-            if variant == "swap":
-                await self._swap(g)
-            else:
+            if variant == "swap" and not await self._swap(g):
+                variant = plan["variant"] = "svol-takeover"  # it suspended meanwhile: fenced, not equal
+            if variant != "swap":
                 await self.restore(g)
-                if reachable:  # the primary answers (PSUS/PSUE): stop its hosts first, or both write
+                if reachable and not g.fenced:  # the primary answers (PSUS/PSUE): stop its hosts first
                     await self._call(g, "repl.fence", {"group": name, "why": f"{self.array.name} took over"})
                     g.fenced = True
                 g.apply(Event.TAKEOVER, "" if reachable else "takeover while the primary was unreachable")
@@ -152,10 +154,15 @@ class TakeoverRole(SecondaryRole):
             return {"group": g.name, "state": g.state, "role": "secondary"}
         return None
 
-    async def _swap(self, g: Group) -> None:
+    async def _swap(self, g: Group) -> bool:
+        """Swap roles with a primary in PAIR; False (the primary fenced, everything it journaled
+        acquired) if it turns out to have suspended before the fence: then sides differ by its bitmap."""
         name = g.name
         final = await self._call(g, "repl.fence", {"group": name})  # no more host writes on the old primary
         await self.acquire(g, final["journal_in"])
+        if final.get("before_fence", State.PAIR) != State.PAIR or final.get("dirty_regions"):
+            g.fenced = True
+            return False
         await self.restore(g)
         if g.restored_seq != final["next_seq"]:  # Fig. 19 S1905: restore must be complete before the swap
             raise CommandError(ResultStatus.FAILED, f"restore incomplete ({g.restored_seq} of {final['next_seq']})")
@@ -166,6 +173,7 @@ class TakeoverRole(SecondaryRole):
         info = await self._become_primary(g, Event.SWAP)
         await self._demote_old_primary(self.groups[name], info)
         log.warning("group %s: swapped: this array is now the primary of %s", name, g.peer)
+        return True
 
     async def resync_swap(self, name: str, force: bool) -> dict[str, Any]:
         """Reverse resync after an SSWS takeover (like ``pairresync -swaps``): this array becomes

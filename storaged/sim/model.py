@@ -69,6 +69,9 @@ class Era:
         self.copy_mark = 0  # the order key current when a copy last read a P-VOL
         self.version = 0  # bumped when history is rewritten (a crash truncated it)
         self.journal: object = None  # the journal object whose reservations are recorded now
+        #: each P-VOL's block tags when the era began: a block still holding what it held then
+        #: says nothing about how far the S-VOLs are (a later entry may write the same tag again)
+        self.base: dict[int, list[int]] = {}
 
     def add(self, seq: int | None, vol: int, block: int, tags: list[int]) -> None:
         if seq is None:
@@ -120,6 +123,10 @@ class Era:
         if tail:
             self.version += 1
         return lost
+
+    def is_base(self, vol: int, block: int, tag: int) -> bool:
+        base = self.base.get(vol)
+        return base is not None and block < len(base) and base[block] == tag
 
     def first_key(self, vol: int, block: int, tag: int) -> int:
         """The earliest place in the order where ``block`` got ``tag``; -1 if it never did."""

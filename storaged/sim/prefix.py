@@ -51,7 +51,7 @@ class PrefixWatch:
         return -self.heap[0] if self.heap else -1
 
     def _key(self, vol: int, b: int, tag: int) -> int:
-        return self.era.first_key(vol, b, tag) if tag else -1
+        return self.era.first_key(vol, b, tag) if tag and not self.era.is_base(vol, b, tag) else -1
 
     def full(self) -> None:
         self.count.clear()
@@ -116,8 +116,9 @@ class PrefixWatch:
             else:
                 exp = era.expected(vol, b, p)
                 if exp is None:
-                    # tag 0 (never written) is what every block holds before the era's first entry
-                    k = era.first_key(vol, b, t) if t else -1
+                    # what the block held when the era began (or never written: 0) is right before
+                    # the era's first entry for it
+                    k = era.first_key(vol, b, t) if t and not era.is_base(vol, b, t) else -1
                     if k >= 0:
                         why = f"holds write {t} ({describe(k)}) though no write up to {describe(p)}"
                 elif t != exp[0]:

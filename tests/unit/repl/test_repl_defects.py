@@ -635,3 +635,33 @@ def test_the_secondary_loop_logs_with_its_group_and_peer_as_fields(tmp_path: Any
         repl_log.setLevel(level)
     done = [f for m, f in seen if "copy done" in m]
     assert done and done[0].get("group") == G and done[0].get("peer") == "site-a", seen
+
+
+def test_a_swap_is_not_made_while_the_primary_tracks_writes_in_its_bitmap(tmp_path: Any) -> None:
+    """Found by the simulator (swap_back, takeover): the secondary still showed PAIR while the
+    primary had suspended (PSUE: writes in its bitmap, not in the journal). A takeover chose a
+    swap, which assumes both sides equal once the journal is restored: the bitmap's writes were
+    on the old primary only, and the pair went on in PAIR with P != S. Now the swap is made only
+    when the primary was in PAIR when fenced; otherwise the takeover is an SVOL takeover (SSWS)
+    and a reverse resync copies what differs."""
+
+    async def body(s: Sites, _link: EdgeLink) -> None:
+        await s.create()
+        await s.write(0)
+        await s.synced()
+        disk = s.a.disks[JNL]
+        assert isinstance(disk, FlakyDisk)
+        disk.armed = True
+        await s.write(64)  # the journal write fails: site-a is PSUE, site-b has not heard yet
+        await s.write(128)  # tracked in the bitmap only
+        assert s.state(s.a) == "PSUE" and s.state(s.b) == "PAIR", s.states()
+        await s.b.array.repl.takeover(G, dry_run=False)
+        if s.state(s.b) == "SSWS":
+            await s.b.array.repl.resync_swap(G, force=True)
+        assert await until(lambda: s.state(s.a) == s.state(s.b) == "PAIR", 10.0), s.states()
+        assert s.group(s.b).role == "primary"
+        r = await s.a.array.repl.syncwait(G, None, 5.0)
+        assert r["result"] == "DONE", r
+        assert s.same(), "PAIR after the swap, but the P-VOL lacks what the old primary had in its bitmap"
+
+    run(tmp_path, body)
