@@ -337,6 +337,11 @@ class Replication(TakeoverRole):
         while seq is None:  # the newest write on the primary now; the link may still be coming up
             try:
                 st = await self._call(g, "repl.journal_status", {"group": name})
+                if st.get("state") in (State.PSUE, State.PSUS):  # its later writes are in its bitmap only
+                    return {"result": "BROKEN", "seq": None, "restored_seq": g.restored_seq - 1,
+                            "primary_state": st.get("state"),
+                            "reason": f"the primary {g.peer} is {st.get('state')}: its writes since are in its "
+                                      "bitmap only (pairresync first)"}
                 seq = int(st["next_seq"]) - 1
             except CommandError:
                 if time.monotonic() >= deadline:

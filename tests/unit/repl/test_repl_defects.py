@@ -665,3 +665,23 @@ def test_a_swap_is_not_made_while_the_primary_tracks_writes_in_its_bitmap(tmp_pa
         assert s.same(), "PAIR after the swap, but the P-VOL lacks what the old primary had in its bitmap"
 
     run(tmp_path, body)
+
+
+def test_pairsyncwait_is_not_done_while_the_primary_is_suspended(tmp_path: Any) -> None:
+    """pairsyncwait answered DONE when everything journaled was restored, even with the primary
+    suspended (its later writes only in its bitmap, never coming): a script waiting for sync went
+    on as if the S-VOL were current. Now it answers BROKEN, as for a suspended secondary."""
+
+    async def body(s: Sites, _link: EdgeLink) -> None:
+        await s.create()
+        await s.write(0)
+        await s.synced()
+        disk = s.a.disks[JNL]
+        assert isinstance(disk, FlakyDisk)
+        disk.armed = True
+        await s.write(64)  # the journal write fails: site-a is PSUE, site-b has not heard yet
+        assert s.state(s.a) == "PSUE" and s.state(s.b) == "PAIR", s.states()
+        r = await s.b.array.repl.syncwait(G, None, 1.0)
+        assert r["result"] == "BROKEN", r
+
+    run(tmp_path, body)
