@@ -108,6 +108,9 @@ class PrimaryRole(ReplicationCore):
             g = self.groups.get(name)
             lu = self._lu(pvol, "P-VOL", g.target if g is not None else target)
             used = self._used_luns()
+            if g is not None and g.role == "primary" and g.peer == peer and g.pjnl == pjnl \
+                    and any(p.pvol == pvol and p.svol == svol and p.state == State.COPY for p in g.pairs):
+                return self._prepared(g, lu)  # a repeat: the first reply was lost, the pair still copies
             if g is None:
                 self._lu(pjnl, "primary journal", target)
                 t = self._tname(target)
@@ -127,9 +130,12 @@ class PrimaryRole(ReplicationCore):
                 g.pairs.append(Pair(pvol, svol, "COPY", lu.num_blocks * lu.block_size))
                 self._wrap(self.orders[name], pvol, g.target)
             self._primary_event(g, Event.CREATE)
-            j = self.journals[name]
-            return {"epoch": j.sb.epoch, "head": j.sb.head, "end": j.sb.end, "block_size": j.sb.block_size,
-                    "in_pos": j.ptr.in_pos, "next_seq": j.ptr.next_seq, "size": lu.num_blocks * lu.block_size}
+            return self._prepared(g, lu)
+
+    def _prepared(self, g: Group, lu: Any) -> dict[str, Any]:
+        j = self.journals[g.name]
+        return {"epoch": j.sb.epoch, "head": j.sb.head, "end": j.sb.end, "block_size": j.sb.block_size,
+                "in_pos": j.ptr.in_pos, "next_seq": j.ptr.next_seq, "size": lu.num_blocks * lu.block_size}
 
     def _primary(self, name: str, peer: str | None = None) -> Group:
         """The primary group ``name``; with ``peer``, only if that peer is the group's secondary."""

@@ -189,7 +189,10 @@ class SecondaryRole(PrimaryRole):
             if not entries:
                 raise JournalCorrupt(f"group {g.name}: no entry {g.restored_seq} at {g.restored_pos}")
             touched: set[int] = set()
+            pvols = set(g.pvols())
             for e in entries:
+                if e.volume not in pvols:
+                    continue  # a pair the primary set up whose paircreate reply was lost: its copy brings it
                 svol = g.svol_of(e.volume)
                 store = self._inner(self._lu(svol, "S-VOL", g.target))
                 if e.zero_length:

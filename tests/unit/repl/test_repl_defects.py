@@ -685,3 +685,24 @@ def test_pairsyncwait_is_not_done_while_the_primary_is_suspended(tmp_path: Any) 
         assert r["result"] == "BROKEN", r
 
     run(tmp_path, body)
+
+
+def test_paircreate_whose_reply_was_lost_can_be_repeated(tmp_path: Any) -> None:
+    """Found by the simulator (delete): the primary set the pair up and journaled its writes, the
+    reply was lost; the operator's repeat was refused ("already paired") for good, and entries for
+    a P-VOL the secondary had no pair for stopped its restore (KeyError, even at start-up). Now a
+    repeat with the same volumes is answered as the first was, and a secondary skips entries of a
+    volume it has no pair for (the pair's initial copy brings that volume whole)."""
+
+    async def body(s: Sites, link: EdgeLink) -> None:
+        link.lose_reply_of = "repl.prepare_primary"
+        with pytest.raises(CommandError):
+            await s.create(wait=False)
+        assert s.group(s.a) is not None and s.group(s.b) is None, s.states()
+        await s.write(0)
+        await s.create()
+        await s.write(64)
+        await s.synced()
+        assert s.same()
+
+    run(tmp_path, body)
