@@ -44,6 +44,8 @@ class ReplicationCore:
         self.orders: dict[str, WriteOrder] = {}
         self.secondary_journal: dict[str, Superblock] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: start() is done (journals reopened): peers' calls are served only from then on
+        self.started = False
         self._locks: dict[str, asyncio.Lock] = {}
         self._progress = asyncio.Event()
         self._last_primary: dict[str, dict[str, Any]] = {}

@@ -65,6 +65,7 @@ class Replication(TakeoverRole):
                 if g.state == State.SSWS:
                     self._track_writes(g)
                 self._spawn(g)
+        self.started = True
 
     def _spawn_confirm(self, g: Group) -> None:
         key = f"confirm:{g.name}"
@@ -140,6 +141,8 @@ class Replication(TakeoverRole):
         """A call from a peer array. Every method but the two that create or look up a group by
         themselves acts only on a group whose peer is the caller (one peer cannot purge, fence or
         delete another pair's group)."""
+        if not self.started:  # the link serves peers before start-up has reopened the journals
+            raise RemoteError(Status.UNAVAILABLE, f"replication on {self.array.name} is starting; try again")
         try:
             if method == "repl.prepare_primary":
                 return await self.prepare_primary(peer, params)

@@ -706,3 +706,37 @@ def test_paircreate_whose_reply_was_lost_can_be_repeated(tmp_path: Any) -> None:
         assert s.same()
 
     run(tmp_path, body)
+
+
+def test_a_peer_call_during_start_up_is_told_to_wait(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The link server serves peers before replication has reopened its journals (start-up may
+    take long: a redo, re-journaled extents). A call then failed inside (KeyError: "bad
+    parameters: 'g1'", a fence or a status half looked up); now it is answered UNAVAILABLE,
+    "starting", which the caller retries like any refusal."""
+    from storaged.remote.protocol import Status
+    from storaged.repl import primary_role
+
+    gate = asyncio.Event()
+    real = primary_role.recover_primary
+
+    async def slow(*a: Any, **kw: Any) -> Any:
+        await gate.wait()
+        return await real(*a, **kw)
+
+    async def body(s: Sites, _link: EdgeLink) -> None:
+        await s.create()
+        await s.synced()
+        monkeypatch.setattr(primary_role, "recover_primary", slow)
+        old = s.a.array
+        s.a.crash()
+        boot = asyncio.get_running_loop().create_task(s.a.boot())
+        assert await until(lambda: s.a.array is not old and s.a.array.repl.groups.get(G) is not None, 5.0)
+        with pytest.raises(RemoteError) as err:
+            await s.a.array.repl.handle_call("site-b", "repl.journal_status", {"group": G})
+        assert err.value.status == Status.UNAVAILABLE and "starting" in err.value.message, err.value
+        gate.set()
+        await boot
+        st = await s.a.array.repl.handle_call("site-b", "repl.journal_status", {"group": G})
+        assert st["group"] == G
+
+    run(tmp_path, body)
