@@ -148,6 +148,10 @@ class World:
         e = self.eras.get((node, epoch))
         if e is None:
             e = self.eras[(node, epoch)] = Era(node, epoch)
+            n = self.nodes.get(node)
+            g = self.group(n) if n is not None and n.array is not None else None
+            if g is not None and g.role == "primary" and n is not None:
+                e.base = {v: n.disks[v].tags() for v in g.pvols() if v in n.disks}
         return e
 
     def _reserved(self, j: PrimaryJournal, r: Reservation) -> None:
