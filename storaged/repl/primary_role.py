@@ -82,8 +82,8 @@ class PrimaryRole(ReplicationCore):
 
     def _wrap(self, order: WriteOrder, pvol: int, target: str) -> None:
         lu = self._lu(pvol, "P-VOL", target)
-        if not isinstance(lu.backstore, JournaledStore):
-            lu.backstore = JournaledStore(lu.backstore, order, pvol)
+        if not isinstance(lu.backstore, JournaledStore):  # (an SSWS tracker hands its held writes over)
+            lu.backstore = JournaledStore(self._inner(lu), order, pvol)
 
     def _unwrap(self, pvol: int, target: str) -> None:
         lu = self._lu(pvol, "P-VOL", target)

@@ -87,10 +87,6 @@ class TakeoverRole(SecondaryRole):
         """This array's S-VOLs become P-VOLs journaling into its (old secondary) journal LUN
         (``event``: SWAP with both sides equal, or REVERSE after an SSWS takeover)."""
         name = g.name
-        for p in g.pairs:
-            lu = self._lu(p.svol, "S-VOL", g.target)
-            if isinstance(lu.backstore, TrackedStore):
-                lu.backstore = lu.backstore.inner
         pairs = [Pair(pvol=p.svol, svol=p.pvol, state=p.state, size=p.size, copied=p.size) for p in g.pairs]
         ng = Group(name, "primary", g.peer, pjnl=g.sjnl, sjnl=g.pjnl, pairs=pairs, state=g.state,
                    target=g.target, peer_target=g.peer_target, term=g.term + 1)
@@ -192,22 +188,39 @@ class TakeoverRole(SecondaryRole):
                                f"{lost['dirty_regions']} changed MiB-regions on {g.peer} that never reached "
                                f"{self.array.name}; repeat with force to accept losing them")
         async with self.lock(name):
-            region = int(lost["region"])
-            regions: dict[str, set[int]] = {k: set(v) for k, v in lost["regions"].items()}
-            for vol, regs in g.dirty.items():
-                regions.setdefault(vol, set()).update(regs)
-            await self._call(g, "repl.fence", {"group": name, "why": f"{self.array.name} took over"})
-            sizes = {p.pvol: p.size for p in g.pairs}
-            svol_of = {p.pvol: p.svol for p in g.pairs}
-            copy = {str(svol_of[int(v)]): [(r * region, min(region, sizes[int(v)] - r * region)) for r in sorted(rs)]
-                    for v, rs in regions.items()}
-            g.dirty = {}
-            for p in g.pairs:  # what was written here in SSWS must survive a crash during the copy back
-                await self._inner(self._lu(p.svol, "S-VOL", g.target)).flush()
-            info = await self._become_primary(g, Event.REVERSE)
-            await self._demote_old_primary(self.groups[name], {**info, "copy_regions": copy})
+            trackers = {p.svol: t for p in g.pairs
+                        if isinstance(t := self._lu(p.svol, "S-VOL", g.target).backstore, TrackedStore)}
+            for t in trackers.values():
+                await t.hold()  # writes in flight land (and are flushed below); new ones wait
+            switched = False
+            try:
+                copy = await self._reverse(g, lost)
+                switched = True
+            finally:
+                for svol, t in trackers.items():  # held writes go on, journaled if the switch was made
+                    t.hand_over(self._lu(svol, "P-VOL", g.target).backstore if switched else None)
         return {"group": name, "state": "COPY", "role": "primary",
                 "copied_regions": sum(len(v) for v in copy.values())}
+
+    async def _reverse(self, g: Group, lost: dict[str, Any]) -> dict[str, list[tuple[int, int]]]:
+        """Under the group lock with host writes held: fence the old primary, make this array's
+        volumes durable P-VOLs, tell the old primary what to copy back."""
+        name = g.name
+        region = int(lost["region"])
+        regions: dict[str, set[int]] = {k: set(v) for k, v in lost["regions"].items()}
+        for vol, regs in g.dirty.items():
+            regions.setdefault(vol, set()).update(regs)
+        await self._call(g, "repl.fence", {"group": name, "why": f"{self.array.name} took over"})
+        sizes = {p.pvol: p.size for p in g.pairs}
+        svol_of = {p.pvol: p.svol for p in g.pairs}
+        copy = {str(svol_of[int(v)]): [(r * region, min(region, sizes[int(v)] - r * region)) for r in sorted(rs)]
+                for v, rs in regions.items()}
+        g.dirty = {}
+        for p in g.pairs:  # what was written here in SSWS must survive a crash during the copy back
+            await self._inner(self._lu(p.svol, "S-VOL", g.target)).flush()
+        info = await self._become_primary(g, Event.REVERSE)
+        await self._demote_old_primary(self.groups[name], {**info, "copy_regions": copy})
+        return copy
 
 
     async def _become_secondary(self, peer: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -740,3 +740,41 @@ def test_a_peer_call_during_start_up_is_told_to_wait(tmp_path: Any, monkeypatch:
         assert st["group"] == G
 
     run(tmp_path, body)
+
+
+def test_a_host_write_in_flight_during_a_reverse_resync_is_durable_or_journaled(tmp_path: Any) -> None:
+    """Found by the simulator (takeover, crash_primary): a host write on the SSWS side that was in
+    flight when `pairresync --swap` ran landed after the S-VOLs were flushed, neither journaled nor
+    in the activity log. The copy back read it; a power cut of the new primary then lost it there,
+    and the pair reached PAIR with the old primary holding a write the new one did not. Writes in
+    flight are now drained (and new ones held) until the volumes journal."""
+
+    async def body(s: Sites, _link: EdgeLink) -> None:
+        await s.create()
+        await s.write(0)
+        await s.synced()
+        s.a.crash()
+        await s.b.array.repl.takeover(G, dry_run=False)
+        assert s.state(s.b) == "SSWS", s.states()
+        await s.a.boot()
+        lu = s.b.array.luns[(TARGET, VOL)].lu
+        assert lu is not None and not lu.write_protected
+        disk = s.b.disks[VOL]
+        disk.delay = lambda: 0.2  # the host write below is still in flight when the resync runs
+        data = b"".join(struct.pack("<QQ", 999, 57 + i) * (BLOCK // 16) for i in range(4))
+        inflight = asyncio.get_running_loop().create_task(lu.store(57 * BLOCK, data, False))
+        await asyncio.sleep(0.01)
+        await s.b.array.repl.resync_swap(G, force=True)
+        disk.delay = lambda: 0.0
+        await inflight
+        assert await until(lambda: s.state(s.a) == s.state(s.b) == "PAIR", 10.0), s.states()
+        assert s.a.disks[VOL].cur[57 * BLOCK:61 * BLOCK] == data  # the copy back took it
+        disk.keep_prob = 0.0
+        s.b.crash()  # power cut of the new primary: what was not durable (nor journaled) is gone
+        await s.b.boot()
+        await s.a.array.repl.resync(G, False) if s.state(s.a) in ("PSUS", "PSUE") else None
+        r = await s.a.array.repl.syncwait(G, None, 10.0)
+        assert r["result"] in ("DONE", "BROKEN"), r
+        assert s.same() or s.state(s.a) != "PAIR", "PAIR with the old primary holding a write the new one lost"
+
+    run(tmp_path, body)
