@@ -129,6 +129,9 @@ class PrimaryRole(ReplicationCore):
                     raise RemoteError(Status.BAD_REQUEST, f"LUN {pvol} is already paired")
                 g.pairs.append(Pair(pvol, svol, "COPY", lu.num_blocks * lu.block_size))
                 self._wrap(self.orders[name], pvol, g.target)
+            # what the copy will read of writes from before the pair must be durable here: they are
+            # neither journaled nor in the activity log, so a power cut would keep them on the S-VOL only
+            await self._inner(lu).flush()
             self._primary_event(g, Event.CREATE)
             return self._prepared(g, lu)
 
@@ -211,6 +214,7 @@ class PrimaryRole(ReplicationCore):
         async with order.lock:
             await order.drain()  # bitmap-tracked writes in flight land before their regions are handed out
             if g.state != State.COPY or not g.copy_from_seq:
+                await order.flush_volumes()  # the copy reads bitmap-tracked writes: durable first
                 await self._unsent_to_bitmap(g, j, order)
                 restarted = j.recover_from_failure()
                 if restarted:

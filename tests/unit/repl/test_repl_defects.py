@@ -778,3 +778,24 @@ def test_a_host_write_in_flight_during_a_reverse_resync_is_durable_or_journaled(
         assert s.same() or s.state(s.a) != "PAIR", "PAIR with the old primary holding a write the new one lost"
 
     run(tmp_path, body)
+
+
+def test_what_a_copy_reads_from_the_p_vol_is_durable_there(tmp_path: Any) -> None:
+    """Found by the simulator (delete, crash_primary): the initial copy read P-VOL data that was
+    not durable yet (written before the pair existed, so neither journaled nor in the activity
+    log); a power cut of the primary then lost it there while the S-VOL kept it: PAIR, P != S. The
+    primary now flushes its P-VOLs when a copy starts (pair creation and resync)."""
+
+    async def body(s: Sites, _link: EdgeLink) -> None:
+        await s.write(40)  # before the pair: in the P-VOL's volatile cache only
+        await s.create()
+        await s.synced()
+        assert s.same()
+        s.a.disks[VOL].keep_prob = 0.0
+        s.a.crash()  # power cut: whatever was not durable on site-a is gone
+        await s.a.boot()
+        await s.converge()
+        assert s.state(s.a) == s.state(s.b) == "PAIR", s.states()
+        assert s.same(), "PAIR, but the S-VOL holds a write the P-VOL lost"
+
+    run(tmp_path, body)
