@@ -2,8 +2,8 @@
 
 Like h11, nothing here touches the network: :class:`~storaged.remote.reader.FrameReader` turns
 received bytes into :class:`Frame` objects and ``encode_*`` functions turn requests into lists of
-buffers for one ``writelines()``. The connection code in :mod:`storaged.remote.link` only moves bytes, so the codec
-is tested and fuzzed without an event loop.
+buffers for one ``writelines()``. The connection code in :mod:`storaged.remote.connection` only
+moves bytes, so the codec is tested and fuzzed without an event loop.
 
 Every frame is a fixed 28-byte header followed by ``length`` payload bytes::
 
