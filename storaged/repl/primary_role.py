@@ -212,6 +212,8 @@ class PrimaryRole(ReplicationCore):
         order = self.orders[name]
         j = self.journals[name]
         async with order.lock:
+            if g.state != State.COPY and not allowed(g.state, Event.RESYNC):  # before any side effect
+                raise CommandError(ResultStatus.WRONG_STATE, f"group {name} is {g.state} here: no resync")
             await order.drain()  # bitmap-tracked writes in flight land before their regions are handed out
             if g.state != State.COPY or not g.copy_from_seq:
                 await order.flush_volumes()  # the copy reads bitmap-tracked writes: durable first

@@ -83,9 +83,11 @@ class TakeoverRole(SecondaryRole):
             g.dirty[str(volume)] = sorted(regions | new)
             self.save()
 
-    async def _become_primary(self, g: Group, event: Event) -> dict[str, Any]:
+    async def _become_primary(self, g: Group, event: Event, extra: dict[str, Any] | None = None) -> Group:
         """This array's S-VOLs become P-VOLs journaling into its (old secondary) journal LUN
-        (``event``: SWAP with both sides equal, or REVERSE after an SSWS takeover)."""
+        (``event``: SWAP with both sides equal, or REVERSE after an SSWS takeover). The request
+        that makes the old primary its secondary (``demote``, plus ``extra``) is in the same table
+        save as the new role: a crash right after it cannot leave two primaries with no one to ask."""
         name = g.name
         pairs = [Pair(pvol=p.svol, svol=p.pvol, state=p.state, size=p.size, copied=p.size) for p in g.pairs]
         ng = Group(name, "primary", g.peer, pjnl=g.sjnl, sjnl=g.pjnl, pairs=pairs, state=g.state,
@@ -93,18 +95,20 @@ class TakeoverRole(SecondaryRole):
         ng.apply(event)
         self.secondary_journal.pop(name, None)
         await self._attach_primary(ng, reopen=False)
+        j = self.journals[name]
+        ng.demote = {"group": name, "pjnl": ng.pjnl, "epoch": j.sb.epoch, "head": j.sb.head, "end": j.sb.end,
+                     "block_size": j.sb.block_size, "in_pos": j.ptr.in_pos, "next_seq": j.ptr.next_seq,
+                     "term": ng.term, **(extra or {})}
         self.groups[name] = ng
         self.save()
-        j = self.journals[name]
-        return {"group": name, "pjnl": ng.pjnl, "epoch": j.sb.epoch, "head": j.sb.head, "end": j.sb.end,
-                "block_size": j.sb.block_size, "in_pos": j.ptr.in_pos, "next_seq": j.ptr.next_seq, "term": ng.term}
+        return ng
 
-    async def _demote_old_primary(self, ng: Group, request: dict[str, Any]) -> None:
+    async def _demote_old_primary(self, ng: Group) -> None:
         """Tell the old primary (fenced: it takes no host writes) to become this array's
-        secondary. Persisted first: if the request or its reply is lost, a task repeats it (also
-        after a restart) until the old primary answers, so the pair never stays with two primaries."""
-        ng.demote = request
-        self.save()
+        secondary (``ng.demote``, persisted with the new role). If the request or its reply is
+        lost, a task repeats it (also after a restart) until the old primary answers, so the pair
+        never stays with two primaries."""
+        request = ng.demote
         try:
             await self._call(ng, "repl.become_secondary", request)
         except CommandError as exc:
@@ -131,8 +135,8 @@ class TakeoverRole(SecondaryRole):
             try:
                 await self._call(g, "repl.become_secondary", g.demote)
             except CommandError as exc:
-                if exc.status == ResultStatus.WRONG_STATE and "stale" in str(exc):
-                    g.demote = {}  # the peer is past this swap already (a later swap or takeover)
+                if exc.status != ResultStatus.UNREACHABLE and await self._demote_moot(g):
+                    g.demote = {}  # the peer is past this swap (a later swap, a takeover, a delete)
                     self.save()
                     return
                 g.error = f"{g.peer} not yet told to become the secondary ({exc}); retrying"
@@ -142,11 +146,20 @@ class TakeoverRole(SecondaryRole):
             self.save()
             log.warning("group %s: %s is the secondary now", g.name, g.peer)
 
+    async def _demote_moot(self, g: Group) -> bool:
+        """The old primary refused the request: is there nothing left to tell it (it has no such
+        group, or is no primary of it any more)? No answer counts as no."""
+        try:
+            view = await self._call(g, "repl.peer_view", {"group": g.name})
+        except CommandError as exc:
+            return "no group" in str(exc)
+        return view.get("role") != "primary"
+
     def _already_secondary(self, peer: str, params: dict[str, Any]) -> dict[str, Any] | None:
         """A repeated ``repl.become_secondary`` this array already acted on (the reply was lost)."""
         g = self.groups.get(str(params.get("group")))
         if g is not None and g.role == "secondary" and g.peer == peer and g.epoch == int(params["epoch"]) \
-                and g.term == int(params.get("term", 0)):
+                and g.term == int(params.get("term", g.term)):
             return {"group": g.name, "state": g.state, "role": "secondary"}
         return None
 
@@ -166,8 +179,7 @@ class TakeoverRole(SecondaryRole):
         task = self._tasks.pop(name, None)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
-        info = await self._become_primary(g, Event.SWAP)
-        await self._demote_old_primary(self.groups[name], info)
+        await self._demote_old_primary(await self._become_primary(g, Event.SWAP))
         log.warning("group %s: swapped: this array is now the primary of %s", name, g.peer)
         return True
 
@@ -218,8 +230,7 @@ class TakeoverRole(SecondaryRole):
         g.dirty = {}
         for p in g.pairs:  # what was written here in SSWS must survive a crash during the copy back
             await self._inner(self._lu(p.svol, "S-VOL", g.target)).flush()
-        info = await self._become_primary(g, Event.REVERSE)
-        await self._demote_old_primary(self.groups[name], {**info, "copy_regions": copy})
+        await self._demote_old_primary(await self._become_primary(g, Event.REVERSE, {"copy_regions": copy}))
         return copy
 
 
@@ -227,8 +238,16 @@ class TakeoverRole(SecondaryRole):
         """Swap (Fig. 20): this array stops journaling and turns its group into the secondary of
         ``peer``, whose new primary journal is described in ``params``."""
         name = str(params["group"])
+        async with self.lock(name):  # a repeat and its stalled original: one acts, the other sees it done
+            return await self._become_secondary_locked(peer, name, params)
+
+    async def _become_secondary_locked(self, peer: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        done = self._already_secondary(peer, params)
+        if done is not None:
+            return done
         g = self._primary(name)
-        term = int(params.get("term", 0))
+        # a request from before terms (an older storaged) carries none: it is taken as current
+        term = int(params["term"]) if "term" in params else g.term + 1
         if term <= g.term:
             raise CommandError(ResultStatus.WRONG_STATE, f"stale request: group {name} is at swap {g.term} here, "
                                                          f"the request is of swap {term}")

@@ -233,6 +233,10 @@ class World:
             if node.ready:
                 g = node.array.repl.groups.get(GROUP)
                 self.observe(node, g.role if g else "", g.state if g else "SMPL", g.before_fence if g else "")
+                if g is not None and g.role == "secondary" and g.state == "PAIR" and not g.svol_consistent():
+                    # the prefix check trusts svol_consistent(): it must never be false in PAIR
+                    self.violation("pair-while-inconsistent", f"{node.name} shows PAIR with its S-VOLs inconsistent "
+                                                              f"(copy_until_seq {g.copy_until_seq})")
 
     def booted(self, node: SimNode) -> None:
         """After ``repl.start()``: what the arrays promised their hosts must still be there."""
@@ -251,7 +255,6 @@ class World:
                     if lost:
                         self.trace(f"{node.name}: journal reopened at seq {nxt}; {lost} journaled entries gone")
                 era.journal = j
-            self._reconcile(node, g, era)
             peer = self.nodes[node.peer]
             pg = peer.array.repl.groups.get(GROUP) if peer.array is not None else None
             nxt = int(j.status()["next_seq"])
@@ -270,6 +273,9 @@ class World:
                 self.check_durable(node, lun, ledger.required, "lost-durable-write")
                 ledger.since_boot.clear()
                 ledger.unflushed.clear()
+        if g is not None and g.role == "primary" and j is not None:
+            # after the checks above (pvol-ahead-of-journal judges the blocks of lost entries first)
+            self._reconcile(node, g, self.era(node.name, j.sb.epoch))
 
     def _reconcile(self, node: SimNode, g: Group, era: Era) -> None:
         """A power cut may undo P-VOL writes that were never made durable (allowed unless FUA or

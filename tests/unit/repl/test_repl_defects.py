@@ -799,3 +799,52 @@ def test_what_a_copy_reads_from_the_p_vol_is_durable_there(tmp_path: Any) -> Non
         assert s.same(), "PAIR, but the S-VOL holds a write the P-VOL lost"
 
     run(tmp_path, body)
+
+
+def test_a_become_secondary_from_an_older_swap_is_refused(tmp_path: Any) -> None:
+    """A repeat of repl.become_secondary that arrives after the roles moved on (the array that
+    sent it swapped back meanwhile) must not demote the current primary: swaps carry a term and
+    an older one is refused as stale."""
+
+    async def body(s: Sites, link: EdgeLink) -> None:
+        await s.create()
+        await s.synced()
+        sent: list[dict[str, Any]] = []
+        real_call = link.call
+
+        async def recording(method: str, params: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+            if method == "repl.become_secondary":
+                sent.append(dict(params))
+            return await real_call(method, params, timeout)
+
+        link.call = recording  # type: ignore[method-assign]
+        await s.b.array.repl.takeover(G, dry_run=False)  # swap: site-b primary (term 1)
+        assert sent and s.group(s.b).role == "primary" and s.group(s.a).role == "secondary", s.states()
+        assert await until(lambda: s.state(s.a) == s.state(s.b) == "PAIR"), s.states()
+        await s.a.array.repl.takeover(G, dry_run=False)  # and back: site-a primary (term 2)
+        assert s.group(s.a).role == "primary" and s.group(s.a).term == 2, s.states()
+        with pytest.raises(RemoteError, match="stale"):
+            await s.a.array.repl.handle_call("site-b", "repl.become_secondary", sent[0])
+        assert s.group(s.a).role == "primary" and s.group(s.b).role == "secondary", s.states()
+
+    run(tmp_path, body)
+
+
+def test_a_new_primary_restarted_before_the_old_one_was_told_tells_it_then(tmp_path: Any) -> None:
+    """The request that demotes the old primary is saved with the new role (one table write), so
+    a new primary that crashes before sending it sends it after its restart."""
+
+    async def body(s: Sites, link: EdgeLink) -> None:
+        await s.create()
+        await s.write(0)
+        await s.synced()
+        link.drop_request_of = "repl.become_secondary"
+        await s.b.array.repl.takeover(G, dry_run=False)
+        assert s.group(s.b).demote and s.group(s.a).role == "primary", s.states()
+        s.b.crash()  # before any repeat could reach site-a
+        await s.b.boot()
+        assert s.group(s.b).role == "primary" and s.group(s.b).demote, s.states()
+        assert await until(lambda: s.group(s.a).role == "secondary" and not s.group(s.b).demote, 10.0), s.states()
+        assert await until(lambda: s.state(s.a) == s.state(s.b) == "PAIR", 10.0), s.states()
+
+    run(tmp_path, body)
