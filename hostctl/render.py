@@ -358,6 +358,9 @@ def pair_group_text(group: dict[str, Any], here: str | None = None) -> str:
         ],
         right=(4, 5, 6, 7, 8),
     )
+    if group.get("svol_consistent") is False and group.get("state") != "COPY":  # (COPY says so itself)
+        head += ("\n  S-VOLs inconsistent: a copy did not finish (or its end is not restored yet); "
+                 "pairresync makes them consistent, takeover refuses them until then")
     pvol_array, svol_array = _sides(group, here)
     pairs = [p for p in group.get("pairs") or [] if isinstance(p, dict)]
     if not pairs:

@@ -96,3 +96,16 @@ def test_render_raw() -> None:
     )
     assert "process  ECHO (1)" in out and "elapsed  1.2 ms" in out or "elapsed  1.3 ms" in out
     assert out.endswith('data\n{\n  "a": 1\n}')
+
+
+def test_pairdisplay_says_when_the_s_vols_are_not_consistent() -> None:
+    """A group left PSUE by an interrupted copy shows 100% per pair (the copy is not running);
+    pairdisplay must say the S-VOLs are not consistent (takeover refuses them)."""
+    from hostctl.render import pair_group_text
+
+    group = {"group": "g1", "role": "secondary", "peer": "site-a", "state": "PSUE", "error": "",
+             "svol_consistent": False,
+             "pairs": [{"pvol": "site-a:0", "svol": "site-b:0", "state": "PSUE", "copy_percent": 100.0}]}
+    text = pair_group_text(group, "site-b")
+    assert "inconsistent" in text and "pairresync" in text
+    assert "inconsistent" not in pair_group_text({**group, "svol_consistent": True, "state": "PAIR"}, "site-b")
