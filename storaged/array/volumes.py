@@ -1,8 +1,10 @@
 """This array's volumes as the remote link serves them to peers.
 
-Peer I/O goes through the logical unit, not around it: writes wait for an in-flight COMPARE AND
-WRITE, COMPARE AND WRITE takes the LU's lock, read-only LUNs refuse writes, and a command device
-sees the peer's writes exactly as it sees a host's (with the origin set to ``peer/initiator``).
+Peer I/O goes through the logical unit, not around it: writes, zeroing and COMPARE AND WRITE use
+the LU's range-tracked methods, so a peer's CAW (a peer host's ATS lock on its virtual volume) is
+exactly as atomic as a local one against host writes in flight on the same blocks, and a peer's
+zeroing is a write a local CAW sees whole. Read-only LUNs refuse writes, and a command device sees
+the peer's writes exactly as it sees a host's (with the origin set to ``peer/initiator``).
 """
 
 from __future__ import annotations
@@ -36,11 +38,11 @@ class LuVolume:
 
     async def unmap(self, offset: int, length: int) -> None:
         self._writable()
-        await self.lu.backstore.unmap(offset, length)
+        await self.lu.zero(offset, length, unmap=True)
 
     async def write_zeroes(self, offset: int, length: int) -> None:
         self._writable()
-        await self.lu.backstore.write_zeroes(offset, length)
+        await self.lu.zero(offset, length, unmap=False)
 
     async def extents(self, offset: int, length: int) -> list[Extent]:
         return await self.lu.backstore.extents(offset, length)
@@ -48,10 +50,4 @@ class LuVolume:
     async def compare_and_write(self, offset: int, expected: bytes | bytearray | memoryview,
                                 data: bytes | bytearray | memoryview, fua: bool) -> int:
         self._writable()
-        lu = self.lu
-        lu.rmw_active += 1
-        try:
-            async with lu.rmw_lock:
-                return await lu.backstore.compare_and_write(offset, expected, data, fua)
-        finally:
-            lu.rmw_active -= 1
+        return await self.lu.compare_and_write(offset, expected, data, fua)

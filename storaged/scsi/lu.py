@@ -19,7 +19,7 @@ from ..metrics.iostats import IO_KIND, LunIoStats
 from . import pr, sbc, spc, xcopy
 from .modes import ModePages
 from .ops import Access, OpEntry, OpInfo, build_table
-from .ranges import HeldRange, RangeTracker
+from .ranges import RangeTracker
 from .sense import Reason, ReservationConflict, ScsiError, build_sense, cdb_error, sense_of_error
 from .types import Nexus, ScsiCommand, ScsiResult, Status
 
@@ -116,8 +116,6 @@ class LogicalUnit:
         #: writes in flight by byte range: COMPARE AND WRITE, WRITE ATOMIC and ORWRITE take their
         #: range exclusively against writes already in flight and those arriving meanwhile
         self.ranges = RangeTracker()
-        #: unused; kept while storaged/array/volumes.py still counts its peer CAWs here
-        self.rmw_active = 0
         #: EXTENDED COPY results retained per (nexus, list id)
         self.copy_results: dict[tuple[Nexus, int], bytes] = {}
         #: READ/WRITE counters and latency histogram (storaged/metrics reads them at scrape time)
@@ -224,12 +222,6 @@ class LogicalUnit:
         before or after each overlapping write, never in between (-1, or first differing offset)."""
         async with self.ranges.locked(offset, offset + len(expected)):
             return await self.backstore.compare_and_write(offset, expected, data, fua)
-
-    @property
-    def rmw_lock(self) -> HeldRange:
-        """The whole LU held exclusively (``async with lu.rmw_lock``), for callers written before
-        range tracking (storaged/array/volumes.py's peer CAW); new code holds only its range."""
-        return self.ranges.locked(0, self.num_blocks * self.block_size)
 
     # --- unit attentions -------------------------------------------------------------------
 
