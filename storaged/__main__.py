@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sys
 
-from .config import ConfigError, default_config, load_config
+from .config import ConfigError, check_lun_files_confined, default_config, load_config
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config) if args.config else default_config()
         cfg = cfg.with_overrides(**overrides)
+        check_lun_files_confined(cfg)
     except ConfigError as exc:
         print(f"storaged: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -351,6 +351,31 @@ def _lun(r: _Reader, index: int) -> LunConfig:
     return cfg
 
 
+def lun_file_escape(data_dir: str, lun: LunConfig) -> str | None:
+    """Why a data LUN's file lies outside ``data_dir`` once every symbolic link on its way is
+    resolved (a link to a file outside, a linked parent directory), or None (inside, allowed, or
+    not a file LUN). The loader's check is lexical; this one needs the final data_dir and the disk,
+    so startup, ``--check-config`` and reload run it. The data directory may itself be a link."""
+    if lun.allow_outside_data_dir or lun.kind != "data":
+        return None
+    root = os.path.realpath(data_dir)
+    real = os.path.realpath(os.path.join(data_dir, lun.file))
+    if os.path.commonpath((root, real)) == root:
+        return None  # inside (the directory itself is the directory check's to report)
+    return (f"{lun.file} is outside the data directory through a symbolic link (it resolves to {real}, the data "
+            f"directory to {root}; set allow_outside_data_dir: true on this LUN if that is intended)")
+
+
+def check_lun_files_confined(cfg: ArrayConfig) -> None:
+    """Startup's check: ConfigError naming the first data LUN a symbolic link takes out of the data
+    directory (after ``--data-dir``, before any file is opened or created)."""
+    for i, t in enumerate(cfg.targets):
+        for j, lun in enumerate(t.luns):
+            problem = lun_file_escape(cfg.data_dir, lun)
+            if problem is not None:
+                raise ConfigError(cfg.source, f"targets[{i}].luns[{j}].file", problem)
+
+
 def _remote(r: _Reader) -> RemoteConfig:
     listen = r.get("listen", str)
     if listen is not None:

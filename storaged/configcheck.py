@@ -1,9 +1,9 @@
 """``storaged --check-config``: would this file start? The loader's checks plus startup's file checks.
 
 Startup refuses a LUN file larger than its configured size (it will not hide data), a LUN path that
-is a directory, and a file whose directory does not exist; those are found here with ``stat`` only,
-so checking a config never creates, grows or locks anything. A config reload runs the same checks
-on the LUNs it would add.
+is a directory, a file whose directory does not exist, and one a symbolic link takes out of the data
+directory; those are found here with ``stat`` and ``realpath`` only, so checking a config never
+creates, grows or locks anything. A config reload runs the same checks on the LUNs it would add.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import stat
 from typing import Any
 
-from .config import ArrayConfig, ConfigError, LunConfig, load_config
+from .config import ArrayConfig, ConfigError, LunConfig, load_config, lun_file_escape
 
 
 def lun_path(cfg: ArrayConfig, lun: LunConfig) -> str:
@@ -22,6 +22,9 @@ def lun_path(cfg: ArrayConfig, lun: LunConfig) -> str:
 
 def lun_file_problem(cfg: ArrayConfig, lun: LunConfig) -> tuple[str, str] | None:
     """Why startup would fail to open this data LUN's file: (field, problem), or None."""
+    escape = lun_file_escape(cfg.data_dir, lun)
+    if escape is not None:
+        return "file", escape
     path = lun_path(cfg, lun)
     try:
         st = os.stat(path)
