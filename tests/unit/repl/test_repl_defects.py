@@ -848,3 +848,43 @@ def test_a_new_primary_restarted_before_the_old_one_was_told_tells_it_then(tmp_p
         assert await until(lambda: s.state(s.a) == s.state(s.b) == "PAIR", 10.0), s.states()
 
     run(tmp_path, body)
+
+
+def test_a_secondary_that_missed_a_resync_after_journal_full_is_held_back_too(tmp_path: Any) -> None:
+    """The same as after a journal failure, but the journal filled up (it does not restart at the
+    resync): the secondary takes the entries before the resync's start and none after it."""
+
+    async def body(s: Sites, link: EdgeLink) -> None:
+        await s.create()
+        await s.synced()
+        link.gates[JNL] = asyncio.Event()  # the secondary cannot acquire: the journal fills
+        i = 0
+        while s.state(s.a) != "PSUE":
+            await s.write(8 * (i % 100) + 1024)
+            i += 1
+            assert i < 10_000, "the journal never filled"
+        link.gates.pop(JNL).set()  # the secondary takes what is journaled and learns of the PSUE
+        assert await until(lambda: s.state(s.b) == "PSUE"), s.states()
+        await s.write(0)  # W1: bitmap only
+        link.lose_reply_of = "repl.resync"
+        with pytest.raises(CommandError):
+            await s.b.array.repl.resync(G, False)
+        assert s.state(s.a) == "COPY" and s.state(s.b) == "PSUE", s.states()
+        assert not s.group(s.a).copy_restarted
+        await s.write(512)  # W2: journaled after the resync's start
+        disk = s.a.disks[JNL]
+        assert isinstance(disk, FlakyDisk)
+        disk.armed = True
+        await s.write(1536)  # the journal write fails: the primary is PSUE again
+        assert await until(lambda: s.state(s.a) == "PSUE"), s.states()
+        await asyncio.sleep(2.0)  # the secondary's rounds see PSUE on both sides
+        g = s.group(s.b)
+        assert g.read_seq <= s.group(s.a).copy_from_seq, (g.read_seq, s.group(s.a).copy_from_seq)
+        sv, pv = s.b.disks[VOL].cur, s.a.disks[VOL].cur
+        assert sv[0:BLOCK] == pv[0:BLOCK] or sv[512 * BLOCK:513 * BLOCK] != pv[512 * BLOCK:513 * BLOCK], \
+            "S-VOL holds W2 without W1"
+        await s.converge()
+        assert s.state(s.a) == s.state(s.b) == "PAIR", s.states()
+        assert s.same()
+
+    run(tmp_path, body, journal=64 << 10)
