@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 from .link import NetFaults
 from .loop import Stalled, run_virtual
-from .plan import Options, Plan, draw_plan
+from .plan import CI_MAX_WRITES, FAULT_CLASSES, KNOWN_DEFECT_CLASSES, Options, Plan, draw_plan
+
+CI_CLASSES = frozenset(FAULT_CLASSES) - KNOWN_DEFECT_CLASSES
 from .scenario import Scenario
 from .world import World
 
@@ -25,6 +27,8 @@ class Result:
     digest: str
     virtual_seconds: float
     stats: dict[str, int] = field(default_factory=dict)
+    #: the CLI options that reproduce this run's options ("--ci " for the CI test's)
+    replay_flags: str = ""
 
     @property
     def ok(self) -> bool:
@@ -37,7 +41,7 @@ class Result:
         if not self.ok:
             lines.append(f"  last {len(self.trace)} events:")
             lines += [f"    {t}" for t in self.trace]
-            lines.append(f"  replay: python -m storaged.sim --replay {self.seed}")
+            lines.append(f"  replay: python -m storaged.sim {self.replay_flags}--replay {self.seed}")
         return "\n".join(lines)
 
 
@@ -69,5 +73,6 @@ def run_seed(seed: int, opts: Options | None = None) -> Result:
         quiet.setLevel(level)
         quiet.propagate = propagate
         shutil.rmtree(base, ignore_errors=True)
+    flags = "--ci " if opts.max_writes == CI_MAX_WRITES and opts.enabled == CI_CLASSES else ""
     return Result(seed, plan, list(world.violations), list(world.ring), world.digest.hexdigest(),
-                  world.clock.now, dict(world.stats))
+                  world.clock.now, dict(world.stats), flags)
