@@ -15,7 +15,7 @@ SUDO=""
 pkgs=(python3 python3-venv python3-dev gcc)
 if [ "$want_test" = 1 ]; then
   pkgs+=(libiscsi-bin qemu-utils qemu-block-extra qemu-system-common tgt strace iproute2 e2fsprogs fuse3 util-linux
-         prometheus)
+         prometheus libfuse2)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
