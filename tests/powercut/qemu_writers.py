@@ -24,6 +24,7 @@ from pathlib import Path
 from tests.integration.write_model import Model, Write, payload, tags
 
 _PROMPT = b"qemu-io> "
+COMMAND_TIMEOUT = 60.0  # a hang guard, not a speed check
 
 
 class QemuIoError(Exception):
@@ -81,7 +82,9 @@ class QemuIoWriter:
             if command is not None:
                 self.proc.stdin.write(f"{command}\n".encode())
                 await self.proc.stdin.drain()
-            out = await self.proc.stdout.readuntil(_PROMPT)
+            out = await asyncio.wait_for(self.proc.stdout.readuntil(_PROMPT), COMMAND_TIMEOUT)
+        except TimeoutError as exc:
+            raise QemuIoError(f"{self.name}: no answer to {command!r} in {COMMAND_TIMEOUT} s (array hung?)") from exc
         except asyncio.IncompleteReadError as exc:
             raise QemuIoError(f"{self.name}: qemu-io exited during {command!r}: "
                               f"{exc.partial.decode(errors='replace').strip()}") from exc
