@@ -566,14 +566,20 @@ def test_replicate_follow_sigint_through_main(lab: Lab) -> None:
     lab.b.handlers[21] = secondary_status(1, 1, 1)
     out, err = io.StringIO(), io.StringIO()
     timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    # a first interrupt that did not stop it: the second makes asyncio.run raise KeyboardInterrupt
+    # (exit 130), so the test fails with that instead of hanging the suite
+    again = threading.Timer(20.0, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
+    again.start()
     try:
         rc = main(
             ["--config", lab.config, *REPLICATE, "--follow", "--interval", "0.05"], stdout=out, stderr=err
         )
     finally:
         timer.cancel()
-    assert rc == 0, err.getvalue()
+        again.cancel()
+    assert rc == 0, f"exit {rc} (130: the first SIGINT did not stop it): {err.getvalue()}"
+
     assert out.getvalue().startswith("round 1  ") and "stopped after" in err.getvalue()
 
 
