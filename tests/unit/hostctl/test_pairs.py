@@ -565,6 +565,9 @@ def test_replicate_follow_sigint_through_main(lab: Lab) -> None:
     """The real thing: main() under asyncio.run, SIGINT from another thread."""
     lab.b.handlers[21] = secondary_status(1, 1, 1)
     out, err = io.StringIO(), io.StringIO()
+    # Ctrl-C as in a shell's foreground job: a suite started as a background job of a
+    # non-interactive shell inherits SIGINT ignored, and asyncio.run then leaves it ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
     # a first interrupt that did not stop it: the second makes asyncio.run raise KeyboardInterrupt
     # (exit 130), so the test fails with that instead of hanging the suite
@@ -578,6 +581,7 @@ def test_replicate_follow_sigint_through_main(lab: Lab) -> None:
     finally:
         timer.cancel()
         again.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert rc == 0, f"exit {rc} (130: the first SIGINT did not stop it): {err.getvalue()}"
 
     assert out.getvalue().startswith("round 1  ") and "stopped after" in err.getvalue()
