@@ -120,7 +120,7 @@ class SecondaryRole(PrimaryRole):
             while pos < start + length:
                 span = min(64 << 20, start + length - pos)
                 extents = await link.extents(target, pair.pvol, pos, span)
-                jobs = []
+                jobs: list[tuple[int, int]] = []  # (offset, length): coroutines only once gathered
                 for ext in extents:
                     if not ext.mapped:
                         await dest.unmap(ext.offset, ext.length)
@@ -129,9 +129,9 @@ class SecondaryRole(PrimaryRole):
                     off = ext.offset
                     while off < ext.offset + ext.length:
                         n = min(COPY_CHUNK, ext.offset + ext.length - off)
-                        jobs.append(chunk(off, n))
+                        jobs.append((off, n))
                         off += n
-                await asyncio.gather(*jobs)
+                await asyncio.gather(*(chunk(o, k) for o, k in jobs))
                 pos += span
         await dest.flush()
         pair.copied = pair.size
