@@ -34,9 +34,10 @@ class TakeoverRole(SecondaryRole):
         if not allowed(g.state, Event.TAKEOVER):
             raise _wrong_state(g, "takeover", ("PAIR", "PSUE", "PSUS"))
         if not g.svol_consistent():
-            raise CommandError(ResultStatus.WRONG_STATE,
-                               f"group {name}'s S-VOLs are inconsistent: a copy from {g.peer} was interrupted "
-                               f"({sum(len(v) for v in g.copy_regions.values())} ranges left); resync first")
+            left = sum(len(v) for v in g.copy_regions.values())
+            why = (f"a copy from {g.peer} was interrupted ({left} ranges left)" if left else
+                   f"the copy from {g.peer} is not restored past its end yet, or {g.peer} suspended during it")
+            raise CommandError(ResultStatus.WRONG_STATE, f"group {name}'s S-VOLs are inconsistent: {why}; resync first")
         try:
             st = await self._link(g).call("repl.journal_status", {"group": name}, timeout=3.0)
             reachable = True
