@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         logging.getLogger("storaged").error("cannot start: %s", exc)
         return 1
-    except Exception as exc:  # noqa: BLE001 - startup errors reach the user as one line
+    except Exception as exc:  # startup errors reach the user as one line
         from .backstore.base import BackstoreError
 
         if isinstance(exc, BackstoreError):

@@ -144,7 +144,7 @@ class LogicalUnit:
             if info is None:
                 raise ScsiError(Reason.INVALID_OPCODE, field=0)
             if info.__class__ is dict:
-                info = info.get(cdb[1] & 0x1F)  # type: ignore[union-attr]
+                info = info.get(cdb[1] & 0x1F)
                 if info is None:
                     raise cdb_error(1, 4)
             if (self.res2 is not None or self.pr.type) and self._conflicts(
