@@ -260,7 +260,10 @@ class Array:
             "uuid": self.uuid,
             "version": VERSION,
             "uptime": round(time.time() - self.started, 1),
-            "portal": f"{self.address[0]}:{self.address[1]}" if self.address else None,
+            # what discovery answers (the advertised address), then where the portal listens
+            "portal": (self.cfg.iscsi.advertise[0] if self.cfg.iscsi.advertise
+                       else f"{self.address[0]}:{self.address[1]}" if self.address else None),
+            "listen": f"{self.address[0]}:{self.address[1]}" if self.address else None,
             "luns": luns,
             "lun_map": [{"target": e["target"], "lun": e["lun"], "array": e["map"]["array"],
                          "remote_target": e["map"]["target"], "remote_lun": e["map"]["lun"],
