@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..cmddev.block import ResultStatus
 from ..cmddev.dispatch import CommandError
@@ -21,6 +21,9 @@ from .model import Group, Pair
 from .states import JOURNALING, PRIMARY_WRITABLE, Event, State, allowed
 from .activity import ActivityLog, recover_primary
 from .primary import REGION, JournaledStore, WriteOrder
+
+if TYPE_CHECKING:
+    from ..scsi.lu import LogicalUnit
 
 log = logging.getLogger("storaged.repl")
 
@@ -135,7 +138,8 @@ class PrimaryRole(ReplicationCore):
             self._primary_event(g, Event.CREATE)
             return self._prepared(g, lu)
 
-    def _prepared(self, g: Group, lu: Any) -> dict[str, Any]:
+    def _prepared(self, g: Group, lu: LogicalUnit) -> dict[str, Any]:
+        """prepare_primary's answer: where the new pair's journal stands, and the P-VOL's size."""
         j = self.journals[g.name]
         return {"epoch": j.sb.epoch, "head": j.sb.head, "end": j.sb.end, "block_size": j.sb.block_size,
                 "in_pos": j.ptr.in_pos, "next_seq": j.ptr.next_seq, "size": lu.num_blocks * lu.block_size}

@@ -121,12 +121,14 @@ class TakeoverRole(SecondaryRole):
         self.save()
 
     def _spawn_demote(self, g: Group) -> None:
+        """One repeating task per group (a restart or a second failure does not start another)."""
         key = f"demote:{g.name}"
         task = self._tasks.get(key)
         if task is None or task.done():
             self._tasks[key] = asyncio.get_running_loop().create_task(self._repeat_demote(g), name=f"repl-{key}")
 
     async def _repeat_demote(self, g: Group) -> None:
+        """Repeat the persisted request with backoff until answered, or moot (see _demote_moot)."""
         delay = 0.05
         while self.groups.get(g.name) is g and g.demote:
             await asyncio.sleep(delay)
