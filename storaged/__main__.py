@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from .config import ConfigError, check_lun_files_confined, default_config, load_config
 
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop  # optional: a faster event loop when installed
 
-        runner = uvloop.run
+        runner: Callable[..., Any] = uvloop.run
     except ImportError:
         runner = asyncio.run
     try:

@@ -15,6 +15,9 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import BinaryIO
+
+from storaged import lab_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +38,7 @@ class Daemon:
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(REPO))
         threading.Thread(target=self._pump, args=(log,), daemon=True).start()
 
-    def _pump(self, log) -> None:  # type: ignore[no-untyped-def]
+    def _pump(self, log: BinaryIO) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         for line in self.proc.stdout:
             log.write(line)
@@ -137,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         rc = rc or hostctl(host, "--array", "site-b", "info")
         rc = rc or hostctl(host, "--array", "site-b", "link")
         rc = rc or replication_demo(host)
+        for d in arrays:
+            rc = rc or lab_metrics.show(d.name, d.config)
         if rc:
             print(f"storaged-lab: hostctl failed (exit {rc})", file=sys.stderr)
             return rc

@@ -8,6 +8,7 @@ serves this array's volumes to peers, and the iSCSI portal in front of it all.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -138,7 +139,7 @@ class Array:
         link = PeerLink(self.name, self.uuid, peer.name, host, port, peer.secret,
                         io_timeout=rc.io_timeout, keepalive=rc.keepalive,
                         keepalive_timeout=max(3 * rc.keepalive, 2.0))
-        link.add_listener(lambda up, name=peer.name: self._link_changed(name, up))
+        link.add_listener(functools.partial(self._link_changed, peer.name))
         return link
 
     def start_links(self) -> None:

@@ -166,7 +166,7 @@ def _commit(array: Array, plan: ReloadPlan, staged: _Staged) -> None:
     for name, target in staged.targets.items():
         array.targets[name] = target
         if iscsi is not None:
-            iscsi.targets[name] = target  # type: ignore[assignment]  # ScsiTargetLike.reset_lun -> None vs bool
+            iscsi.targets[name] = target
     for grown, _before, after in staged.grown:
         grown.size = after
     for t, old, new in plan.grown:

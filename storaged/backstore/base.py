@@ -54,8 +54,10 @@ class Backstore(abc.ABC):
     size: int
     #: True when unmapped ranges can be given back (hole punching), i.e. the LU is thin
     thin: bool = False
-    #: False while the store cannot be reached (TEST UNIT READY then answers NOT READY)
-    available: bool = True
+    @property
+    def available(self) -> bool:
+        """False while the store cannot be reached (TEST UNIT READY then answers NOT READY)."""
+        return True
 
     @abc.abstractmethod
     async def read(self, offset: int, length: int) -> bytes:

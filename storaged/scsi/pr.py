@@ -132,10 +132,10 @@ async def prin(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     elif sa == 3:  # READ FULL STATUS
         body = bytearray()
         for nexus, key in state.registrations.items():
-            holder = state.is_holder(nexus)
+            holds = state.is_holder(nexus)
             tid = nexus.transport_id()
             body += struct.pack(
-                ">Q4xBB4xHI", key, 0x01 if holder else 0, state.type if holder else 0, nexus.tpgt, len(tid)
+                ">Q4xBB4xHI", key, 0x01 if holds else 0, state.type if holds else 0, nexus.tpgt, len(tid)
             )
             body += tid
         data = struct.pack(">II", state.generation, len(body)) + body

@@ -165,11 +165,11 @@ async def report_supported_opcodes(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiRes
     alloc = struct.unpack_from(">I", cdb, 6)[0]
     if option == 0:
         body = bytearray()
-        for info in iter_table(lu.ops):
-            flags = (0x02 if rctd else 0) | (0x01 if info.sa is not None else 0)
-            body += struct.pack(">BBHBBH", info.opcode, 0, info.sa or 0, 0, flags, len(info.usage))
+        for op in iter_table(lu.ops):
+            flags = (0x02 if rctd else 0) | (0x01 if op.sa is not None else 0)
+            body += struct.pack(">BBHBBH", op.opcode, 0, op.sa or 0, 0, flags, len(op.usage))
             if rctd:
-                body += _timeouts(info)
+                body += _timeouts(op)
         return ScsiResult(GOOD, (struct.pack(">I", len(body)) + body)[:alloc])
     entry = lu.ops[req_op]
     info: OpInfo | None

@@ -221,12 +221,12 @@ async def test_unknown_opcode_is_invalid_command_operation_code(i1) -> None:
     assert_sense(await i1.cmd(bytes((0xC7,)) + bytes(9)), ILLEGAL_REQUEST, 0x20, 0x00)
 
 
-async def test_test_unit_ready_reports_not_ready_when_the_backstore_is_unreachable(i1, lu) -> None:
+async def test_test_unit_ready_reports_not_ready_when_the_backstore_is_unreachable(i1, lu, monkeypatch) -> None:
     from .conftest import NOT_READY
 
-    lu.backstore.available = False
+    monkeypatch.setattr(type(lu.backstore), "available", property(lambda self: False))
     assert_sense(await i1.cmd(bytes(6)), NOT_READY, 0x08, 0x00)
-    lu.backstore.available = True
+    monkeypatch.undo()
     assert_good(await i1.cmd(bytes(6)))
 
 
