@@ -113,7 +113,9 @@ class Array:
         if cd is not None:
             # Commands and results live in memory: a command device holds no user data.
             return CommandDeviceStore(lcfg.size, self.dispatcher, slot_size=cd.slot_size, allowed=cd.allowed)
-        return SparseFileBackstore(os.path.join(self.cfg.data_dir, lcfg.file), lcfg.size, thin=lcfg.thin)
+        confine = None if lcfg.allow_outside_data_dir else self.cfg.data_dir
+        return SparseFileBackstore(os.path.join(self.cfg.data_dir, lcfg.file), lcfg.size, thin=lcfg.thin,
+                                   confine_to=confine)
 
     def _new_lu(self, rec: LunRecord, store: Backstore) -> LogicalUnit:
         lcfg = rec.cfg

@@ -7,6 +7,7 @@ would cost more than the copy. Syncs, which wait for the disk, run in a worker t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -34,27 +35,46 @@ class BackstoreInUse(BackstoreError):
     """Another process holds the file's lock: two daemons must never share a LUN file."""
 
 
+def _check_confined(fd: int, path: str, root: str, created: bool) -> None:
+    """Raise BackstoreError unless the open file ``fd`` lies under ``root`` (symbolic links resolved).
+    Checked on the descriptor (/proc/self/fd), so nothing can change between the check and the use;
+    a file this open created outside (a parent directory swapped for a link) is removed again."""
+    real = os.readlink(f"/proc/self/fd/{fd}")
+    top = os.path.realpath(root)
+    if os.path.commonpath((top, real)) == top:
+        return
+    if created:
+        with contextlib.suppress(OSError):
+            os.unlink(real)
+    raise BackstoreError(f"{path}: opens {real}, outside the data directory {top} (a symbolic link changed "
+                         "after the configuration was checked?); set allow_outside_data_dir: true if intended")
+
+
 class SparseFileBackstore(Backstore):
     """One regular file per LUN, created sparse at its full size on first open."""
 
-    def __init__(self, path: str, size: int, thin: bool = True) -> None:
+    def __init__(self, path: str, size: int, thin: bool = True, confine_to: str | None = None) -> None:
         self.path = path
         self.size = size
         self.thin = thin
-        self._fd = self._open(path, size)
+        self._fd = self._open(path, size, confine_to)
 
     @staticmethod
-    def _open(path: str, size: int) -> int:
+    def _open(path: str, size: int, confine_to: str | None = None) -> int:
         """Open (creating on first start) and size the file; a new file and a new size are made
         durable before the LUN serves anything, or a power cut could take the LUN file away (or
-        shrink it) under data written to it and acknowledged with FUA."""
+        shrink it) under data written to it and acknowledged with FUA. With ``confine_to``, the file
+        actually opened must lie in that directory: the config check resolved the links earlier, but
+        one swapped in since would otherwise have us grow (or create) a file anywhere."""
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            created = True
+            created = True  # O_EXCL never follows a final symbolic link: this name is a new file
         except FileExistsError:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
             created = False
         try:
+            if confine_to is not None:
+                _check_confined(fd, path, confine_to, created)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -47,3 +47,43 @@ def test_a_file_larger_than_its_lun_is_not_truncated(tmp_path: Path) -> None:
     with pytest.raises(BackstoreError, match="refusing to hide data"):
         SparseFileBackstore(str(path), 4096)
     assert path.stat().st_size == 8192
+
+
+# The config check resolves symbolic links before the daemon opens anything, but a link can be swapped
+# in between that check and the open. With ``confine_to`` the store checks what it actually opened.
+
+
+def test_a_link_swapped_in_after_the_check_to_a_file_outside_is_refused_and_not_grown(tmp_path: Path) -> None:
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    data.mkdir()
+    outside.mkdir()
+    victim = outside / "precious.bin"
+    victim.write_bytes(b"keep me")
+    (data / "lun.img").symlink_to(victim)
+    with pytest.raises(BackstoreError, match="outside the data directory"):
+        SparseFileBackstore(str(data / "lun.img"), 1 << 20, confine_to=str(data))
+    assert victim.read_bytes() == b"keep me"
+
+
+def test_a_parent_directory_swapped_for_a_link_outside_creates_nothing_there(tmp_path: Path) -> None:
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    data.mkdir()
+    outside.mkdir()
+    (data / "sub").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(BackstoreError, match="outside the data directory"):
+        SparseFileBackstore(str(data / "sub" / "lun.img"), 1 << 20, confine_to=str(data))
+    assert list(outside.iterdir()) == []
+
+
+def test_links_that_stay_inside_and_unconfined_stores_still_open(tmp_path: Path) -> None:
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    data.mkdir()
+    outside.mkdir()
+    (data / "real.img").write_bytes(b"")
+    (data / "alias.img").symlink_to(data / "real.img")
+    SparseFileBackstore(str(data / "alias.img"), 1 << 20, confine_to=str(data)).close()
+    assert (data / "real.img").stat().st_size == 1 << 20
+    (data / "out.img").symlink_to(outside / "allowed.img")
+    (outside / "allowed.img").write_bytes(b"")
+    SparseFileBackstore(str(data / "out.img"), 1 << 20).close()  # allow_outside_data_dir: no confinement
+    assert (outside / "allowed.img").stat().st_size == 1 << 20
