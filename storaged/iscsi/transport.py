@@ -107,6 +107,8 @@ class IscsiServer:
             now = loop.time()
             for proto in list(self.connections):
                 if not proto.conn.logged_in and now - proto.started > self.login_timeout:
+                    failures = self.portal.login_failures  # a half-done login is a failed one to an operator
+                    failures["timeout"] = failures.get("timeout", 0) + 1
                     proto.close(f"login not finished within {self.login_timeout:.0f}s")
                     continue
                 proto.handle_events(proto.conn.tick(now))

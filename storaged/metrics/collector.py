@@ -25,7 +25,8 @@ from .iostats import BOUNDS_S
 from .snapshot import LunSample, Snapshot
 
 #: login refusal reasons always reported (0 until one happens), so rate() has a series to work on
-LOGIN_REASONS = tuple(s.name.lower() for s in LoginStatus if s is not LoginStatus.SUCCESS)
+#: RFC 7143 login statuses, and "timeout": a login not finished within iscsi.login_timeout
+LOGIN_REASONS = tuple(s.name.lower() for s in LoginStatus if s is not LoginStatus.SUCCESS) + ("timeout",)
 GROUP_STATES = tuple(s.value for s in State)
 _LE = tuple(floatToGoString(b) for b in BOUNDS_S) + ("+Inf",)
 

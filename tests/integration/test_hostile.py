@@ -88,8 +88,12 @@ async def test_garbage_and_malformed_pdus_do_not_hurt_the_daemon(storaged: Stora
 async def test_half_open_login_is_dropped_after_login_timeout(tmp_path: Path) -> None:
     from .conftest import small_config
 
+    from .sites import free_port
+
     cfg = small_config()
     cfg["iscsi"] = {"login_timeout": 2}
+    metrics_port = free_port()
+    cfg["metrics"] = {"listen": f"127.0.0.1:{metrics_port}"}
     proc = StoragedProcess(tmp_path / "data", cfg).start()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", proc.port)
@@ -99,8 +103,18 @@ async def test_half_open_login_is_dropped_after_login_timeout(tmp_path: Path) ->
         assert data == b""  # closed by the target
         writer.close()
         assert "login not finished within 2s" in proc.log
+        # an operator sees it as a failed login (reason timeout), like a refused one
+        text = await asyncio.to_thread(_get, f"http://127.0.0.1:{metrics_port}/metrics")
+        assert 'storaged_login_failures_total{reason="timeout"} 1.0' in text, text
     finally:
         proc.stop()
+
+
+def _get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        return reply.read().decode()
 
 
 def _rss_kib(pid: int) -> int:
