@@ -5,7 +5,8 @@ layer hands every READ and WRITE to this store, so commands are seen on the writ
 Fig. 9 without any polling) and results are produced on the read path. Nothing is stored on disk:
 the "medium" is computed from the slot table on each read.
 
-Layout (``block.py`` has the byte formats, ``docs/command-device.md`` the host protocol)::
+Layout (``block.py`` has the byte formats, ``slots.py`` the slot table's bookkeeping and expiry,
+``docs/command-device.md`` the host protocol)::
 
     slot 0            directory, read-only: geometry and slot states as the reader sees them
     slot 1 .. N       one command each, owned by the origin that wrote it
@@ -35,7 +36,6 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..backstore.base import Backstore, Extent
@@ -43,6 +43,7 @@ from ..origin import current_origin
 from .block import (COMMAND_HEADER, COMMAND_MAGIC, DEFAULT_SLOT_SIZE, DIRECTORY_HEADER, RELEASE_MAGIC,
                     BlockError, Command, Directory, Response, ResultStatus, SlotState,
                     decode_command, decode_release, peek_command_header)
+from .slots import SlotTable, _Record, _Slot
 
 log = logging.getLogger(__name__)
 
@@ -56,35 +57,7 @@ class Dispatcher(Protocol):
     async def execute(self, command: Command, origin: str) -> Response: ...
 
 
-@dataclass(slots=True, eq=False)
-class _Record:
-    """The outcome of one command. Usually shown by one slot; a retried tag written to another slot
-    shows the same record there too (``holders`` counts the slots)."""
-
-    key: tuple[str, int] | None  # (origin, tag) for executed commands; None for status-only answers
-    tag: int
-    process: int
-    state: SlotState  # PENDING or DONE
-    image: bytes  # the encoded response block the owner reads
-    done_at: float = 0.0
-    holders: int = 0
-    status: ResultStatus = ResultStatus.OK
-
-
-@dataclass(slots=True, eq=False)
-class _Slot:
-    index: int
-    owner: str | None = None
-    buf: bytearray | None = None  # INCOMPLETE: the bytes of the block received so far
-    touched: float = 0.0  # INCOMPLETE: time of the last write
-    record: _Record | None = None
-    attached: float = 0.0  # when ``record`` appeared in this slot
-    #: the record this slot showed before a new block started arriving in it: kept (not retired)
-    #: until the new block is resolved, so that re-sending the same command finds its result
-    replaced: _Record | None = None
-
-
-class CommandDeviceStore(Backstore):
+class CommandDeviceStore(SlotTable, Backstore):
     """A command device (see the module docstring). ``dispatcher`` runs the commands."""
 
     thin = False
@@ -385,54 +358,6 @@ class CommandDeviceStore(Backstore):
             response = task.result()
         self._complete(record, response)
 
-    def _complete(self, record: _Record, response: Response) -> None:
-        now = self.clock()
-        if not isinstance(response, Response):
-            response = Response(SlotState.DONE, status=ResultStatus.FAILED,
-                                error="internal error: no response")
-        response.state = SlotState.DONE
-        response.tag = record.tag
-        response.process = record.process
-        try:
-            image = response.encode(limit=self.slot_size)
-        except (TypeError, ValueError) as exc:
-            image = Response(SlotState.DONE, record.tag, record.process, ResultStatus.FAILED,
-                             f"edited data cannot be encoded: {exc}").encode(limit=self.slot_size)
-        record.image = image
-        record.status = ResultStatus(struct.unpack_from(">H", image, 18)[0])
-        record.state = SlotState.DONE
-        record.done_at = now
-        if record.holders == 0:
-            self._retire(record, now)
-        else:
-            self._note_deadline(now + self.result_ttl)
-
-    def _answer(self, slot: _Slot, now: float, tag: int, process: int, status: ResultStatus,
-                error: str) -> None:
-        """Answer in ``slot`` without running anything (BAD_BLOCK, NOT_ALLOWED, DUPLICATE, BUSY)."""
-        slot.buf = None
-        image = Response(SlotState.DONE, tag, process, status, error).encode(limit=self.slot_size)
-        record = _Record(None, tag, process, SlotState.DONE, image, done_at=now, status=status)
-        self._attach(slot, record, now)
-
-    def _attach(self, slot: _Slot, record: _Record, now: float) -> None:
-        slot.record = record
-        slot.attached = now
-        record.holders += 1
-        if record.state is SlotState.DONE:
-            self._note_deadline(now + self.result_ttl)
-        self._unstash(slot, now)
-
-    def _unstash(self, slot: _Slot, now: float) -> None:
-        record, slot.replaced = slot.replaced, None
-        if record is not None:
-            self._let_go(record, now)
-
-    def _let_go(self, record: _Record, now: float) -> None:
-        record.holders -= 1
-        if record.holders == 0 and record.state is SlotState.DONE:
-            self._retire(record, now)
-
     def _release(self, slot: _Slot, tag: int, origin: str, now: float) -> None:
         if slot.owner is None:
             return self._ignore(f"release of slot {slot.index}, which is free", slot.index * self.slot_size,
@@ -443,26 +368,6 @@ class CommandDeviceStore(Backstore):
                                 slot.index * self.slot_size, 16, origin)
         log.debug("command device: %s released slot %d (tag %#x)", origin or "?", slot.index, tag)
         self._drop(slot, now)
-
-    def _drop(self, slot: _Slot, now: float) -> None:
-        """Free ``slot``; a result no slot shows any more is forgotten, its tag remembered."""
-        record = slot.record
-        slot.owner = None
-        slot.buf = None
-        slot.record = None
-        self._unstash(slot, now)
-        if record is not None:
-            self._let_go(record, now)
-
-    def _retire(self, record: _Record, now: float) -> None:
-        if record.key is None:
-            return
-        self._live.pop(record.key, None)
-        self._released[record.key] = now
-        self._released.move_to_end(record.key)
-        while len(self._released) > self.max_tags:
-            self._released.popitem(last=False)
-        self._note_deadline(now + self.tag_ttl)
 
     def _zero(self, offset: int, length: int, origin: str) -> None:
         if length <= 0:
@@ -477,37 +382,3 @@ class CommandDeviceStore(Backstore):
             if slot.owner == origin:
                 log.debug("command device: %s zeroed slot %d: released", origin or "?", idx)
                 self._drop(slot, now)
-
-    # --- expiry ----------------------------------------------------------------------------------
-
-    def _note_deadline(self, when: float) -> None:
-        if when < self._next_deadline:
-            self._next_deadline = when
-
-    def _expire(self, now: float) -> None:
-        if now < self._next_deadline:
-            return
-        upcoming = math.inf
-        for slot in self._slots[1:]:
-            if slot.buf is not None:
-                deadline = slot.touched + self.result_ttl
-                what = "incomplete command"
-            elif slot.record is not None and slot.record.state is SlotState.DONE:
-                deadline = max(slot.attached, slot.record.done_at) + self.result_ttl
-                what = f"result (tag {slot.record.tag:#x})"
-            else:
-                continue
-            if deadline <= now:
-                log.info("command device: %s of %s in slot %d expired unreleased", what, slot.owner or "?",
-                         slot.index)
-                self._drop(slot, now)
-            else:
-                upcoming = min(upcoming, deadline)
-        while self._released:
-            key, released = next(iter(self._released.items()))
-            if released + self.tag_ttl > now:
-                upcoming = min(upcoming, released + self.tag_ttl)
-                break
-            del self._released[key]
-        self._next_deadline = upcoming
-
