@@ -17,6 +17,14 @@ hostctl            HORCM / CCI             process(es) and where they run
 Every command takes the Host (routing), the per-command timeout and the output streams, and returns
 the exit code; failures are :class:`~hostctl.errors.HostctlError` subclasses, printed by the CLI as
 one line. The renderers live in :mod:`hostctl.render`.
+
+This module dispatches (:func:`run`) and keeps paircreate and ``replicate``'s loop, whose timing
+knobs (POLL_INTERVAL, PROGRESS_LINE_EVERY, ``sleep``) are module globals that tests patch here. The
+other commands live in sibling modules and are re-exported, so ``hostctl.pairs.X`` keeps working:
+:mod:`hostctl.pair_args` (argument types and checks), :mod:`hostctl.pair_ctx` (Ctx, response
+readers), :mod:`hostctl.pair_state` (pairdisplay, pairsplit, pairresync, pairdelete, pairrelease),
+:mod:`hostctl.replicator` (Replicator, the Fig. 16 round) and :mod:`hostctl.pair_takeover`
+(pairsyncwait, takeover).
 """
 
 from __future__ import annotations
@@ -26,22 +34,48 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TextIO
 
 from .client import CommandDeviceClient, Host, Process
-from .errors import EXIT_OK, CommandTimeout, PairStateError, ProtocolError, UsageError
-from .render import (
-    cell,
-    duration,
-    group_copy_percent,
-    group_state_table,
-    percent_text,
-    progress_bar,
-    render_pair_groups,
-    render_takeover,
-    table,
-)
+from .errors import EXIT_OK, CommandTimeout, PairStateError
+from .pair_args import check_args, overall_bound, parse_group, parse_lun, parse_seq, parse_volume
+from .pair_ctx import Ctx, _data, find_group
+from .pair_state import pairdelete, pairdisplay, pairrelease, pairresync, pairsplit
+from .pair_takeover import SYNC_RESULTS, pairsyncwait, takeover
+from .render import group_copy_percent, percent_text, progress_bar, render_pair_groups, table
+from .replicator import Replicator, round_text
+
+__all__ = [
+    "COMMANDS",
+    "POLL_INTERVAL",
+    "PROGRESS_LINE_EVERY",
+    "STOP_STATES",
+    "SYNC_RESULTS",
+    "Ctx",
+    "Progress",
+    "Replicator",
+    "check_args",
+    "find_group",
+    "overall_bound",
+    "paircreate",
+    "pairdelete",
+    "pairdisplay",
+    "pairrelease",
+    "pairresync",
+    "pairsplit",
+    "pairsyncwait",
+    "parse_group",
+    "parse_lun",
+    "parse_seq",
+    "parse_volume",
+    "replicate",
+    "round_text",
+    "run",
+    "sleep",
+    "takeover",
+    "wait_for_pair",
+]
+
 
 COMMANDS = (
     "paircreate",
@@ -64,108 +98,6 @@ PROGRESS_LINE_EVERY = 5.0
 STOP_STATES = frozenset({"PSUE", "PSUS", "SMPL", "SSWS"})
 #: the sleep between rounds of ``replicate --follow`` (a hook for tests)
 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-
-
-# --- parsing the command line ----------------------------------------------------------------
-
-
-def parse_volume(text: str) -> tuple[str, int]:
-    """``site-a:0`` -> ("site-a", 0)."""
-    array, sep, lun = text.rpartition(":")
-    if not sep or not array.strip():
-        raise argparse.ArgumentTypeError(f"expected ARRAY:LUN (e.g. site-a:0), got {text!r}")
-    return array.strip(), parse_lun(lun)
-
-
-def parse_lun(text: str) -> int:
-    try:
-        n = int(text.strip(), 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a LUN number, got {text!r}") from None
-    if not 0 <= n < 16384:
-        raise argparse.ArgumentTypeError(f"LUN numbers are 0..16383, got {n}")
-    return n
-
-
-def parse_group(text: str) -> str:
-    g = text.strip()
-    if not g or len(g) > 64 or any(c.isspace() for c in g):
-        raise argparse.ArgumentTypeError(f"expected a group name (1-64 characters, no spaces), got {text!r}")
-    return g
-
-
-def parse_seq(text: str) -> int:
-    try:
-        n = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a sequence number, got {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"sequence numbers are 0 or more, got {n}")
-    return n
-
-
-def check_args(args: argparse.Namespace) -> None:
-    """What argparse cannot check, before any device is opened (UsageError, exit 2)."""
-    cmd = args.command
-    if cmd == "paircreate":
-        (parray, _), (sarray, _) = args.pvol, args.svol
-        if parray == sarray:
-            raise UsageError(f"--pvol and --svol are both on {parray}: remote copy needs two arrays")
-        if args.array and args.array != sarray:
-            raise UsageError(
-                f"paircreate runs on the S-VOL's array ({sarray}), not --array {args.array}; drop --array"
-            )
-    elif cmd == "pairresync" and not args.array:
-        raise UsageError("pairresync runs on the S-VOL's array: name it with --array NAME")
-    elif cmd == "replicate" and args.primary == args.secondary:
-        raise UsageError(f"--primary and --secondary are both {args.primary}")
-
-
-def overall_bound(args: argparse.Namespace, timeout: float) -> float | None:
-    """A ceiling on the whole command (a guard against hangs), or None for ``replicate --follow``."""
-    cmd = args.command
-    if cmd == "replicate":
-        return None if args.follow else timeout * 6 + 10
-    if cmd == "paircreate" and args.wait:
-        return timeout * 4 + 10
-    if cmd == "pairsyncwait":
-        wait = args.wait_timeout if args.wait_timeout is not None else timeout
-        return wait + timeout * 5 + 10
-    return timeout * 2 + 10
-
-
-# --- helpers -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Ctx:
-    host: Host
-    timeout: float
-    out: TextIO
-    err: TextIO
-    json: bool
-
-    def print_json(self, data: Any) -> None:
-        self.out.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-    def line(self, text: str) -> None:
-        self.out.write(text + "\n")
-        self.out.flush()
-
-
-def _data(resp: Any) -> dict[str, Any]:
-    return resp.data if isinstance(resp.data, dict) else {}
-
-
-def _int(v: Any) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
-
-
-def find_group(data: dict[str, Any], group: str) -> dict[str, Any] | None:
-    for g in data.get("groups") or []:
-        if isinstance(g, dict) and g.get("group") == group:
-            return g
-    return None
 
 
 async def run(args: argparse.Namespace, host: Host, timeout: float, out: TextIO, err: TextIO) -> int:
@@ -337,166 +269,7 @@ async def wait_for_pair(
         await asyncio.sleep(min(POLL_INTERVAL, left))
 
 
-# --- pairdisplay, pairsplit, pairresync, pairdelete -------------------------------------------
-
-
-async def pairdisplay(ctx: Ctx, args: argparse.Namespace) -> int:
-    client = await ctx.host.client(args.array)
-    params = {"group": args.group} if args.group else {}
-    data = _data(await client.run(Process.PAIR_DISPLAY, params, timeout=ctx.timeout))
-    if ctx.json:
-        ctx.print_json(data)
-    elif args.group and not find_group(data, args.group) and not data.get("groups"):
-        ctx.line(f"(no group {args.group} on {client.array}: SMPL)")
-    else:
-        ctx.line(render_pair_groups(data, client.array))
-    return EXIT_OK
-
-
-async def _state_change(ctx: Ctx, args: argparse.Namespace, process: Process, params: dict[str, Any]) -> int:
-    client = await ctx.host.client(args.array)
-    data = _data(await client.run(process, params, timeout=ctx.timeout))
-    if ctx.json:
-        ctx.print_json(data)
-    else:
-        ctx.line(
-            group_state_table([(data.get("group") or args.group, client.array, data.get("state"), data)])
-        )
-    return EXIT_OK
-
-
-async def pairsplit(ctx: Ctx, args: argparse.Namespace) -> int:
-    return await _state_change(ctx, args, Process.PAIR_SPLIT, {"group": args.group, "rw": bool(args.rw)})
-
-
-async def pairresync(ctx: Ctx, args: argparse.Namespace) -> int:
-    params: dict[str, Any] = {"group": args.group, "force": bool(args.force)}
-    if args.swap:
-        params["swap"] = True
-    return await _state_change(ctx, args, Process.PAIR_RESYNC, params)
-
-
-async def pairdelete(ctx: Ctx, args: argparse.Namespace) -> int:
-    return await _state_change(ctx, args, Process.PAIR_DELETE, {"group": args.group})
-
-
-async def pairrelease(ctx: Ctx, args: argparse.Namespace) -> int:
-    return await _state_change(ctx, args, Process.PAIR_RELEASE, {"group": args.group})
-
-
-# --- replicate: the host loop of Fig. 16 -----------------------------------------------------------
-
-
-class Replicator:
-    """One journal group's copy loop, run from the host (the arrays also run it by themselves).
-
-    One :meth:`round`::
-
-        JOURNAL_STATUS  primary                      -> journal_in
-        JOURNAL_ACQUIRE secondary {group, upto: journal_in}
-        JOURNAL_STATUS  secondary                    -> read_completed, to_be_read, read_seq
-        if read_completed == to_be_read (everything asked for is read and durable):
-            JOURNAL_RESTORE secondary {group, upto: read_completed}
-            JOURNAL_PURGE   primary   {group, upto_pos: read_completed, upto_seq: read_seq}
-    """
-
-    def __init__(
-        self, primary: CommandDeviceClient, secondary: CommandDeviceClient, group: str, timeout: float
-    ) -> None:
-        self.primary = primary
-        self.secondary = secondary
-        self.group = group
-        self.timeout = timeout
-        self.rounds = 0
-        self._read_seq: int | None = None  # read_seq after the previous round
-        self._restored_seq: int | None = None  # read_seq at the previous restore
-
-    async def _run(
-        self, client: CommandDeviceClient, process: Process, params: dict[str, Any]
-    ) -> dict[str, Any]:
-        return _data(await client.run(process, params, timeout=self.timeout))
-
-    async def round(self) -> dict[str, Any]:
-        g = self.group
-        self.rounds += 1
-        pst = await self._run(self.primary, Process.JOURNAL_STATUS, {"group": g})
-        if "journal_in" not in pst:
-            raise ProtocolError(f"{self.primary.where}: JOURNAL_STATUS of {g} has no journal_in")
-        # up to what the primary has made durable (older arrays report journal_in only)
-        acq = await self._run(
-            self.secondary, Process.JOURNAL_ACQUIRE, {"group": g, "upto": pst.get("durable_in", pst["journal_in"])}
-        )
-        sst = await self._run(self.secondary, Process.JOURNAL_STATUS, {"group": g})
-        read_completed, to_be_read = sst.get("read_completed"), sst.get("to_be_read")
-        read_seq = _int(sst.get("read_seq"))
-        rst = pur = None
-        complete = read_completed is not None and read_completed == to_be_read
-        copying = str(sst.get("state") or "").upper() == "COPY"
-        if complete and not copying:
-            rst = await self._run(
-                self.secondary, Process.JOURNAL_RESTORE, {"group": g, "upto": read_completed}
-            )
-        # the primary may free only what is restored here: the secondary ring mirrors its positions
-        purge_pos = rst.get("restoration_completed") if rst is not None else None
-        purge_seq = _int(rst.get("restored_seq")) if rst is not None else None
-        if purge_pos is not None and purge_seq is not None:
-            pur = await self._run(
-                self.primary,
-                Process.JOURNAL_PURGE,
-                {"group": g, "upto_pos": purge_pos, "upto_seq": purge_seq},
-            )
-        acquired = _int(acq.get("acquired"))
-        if acquired is None and read_seq is not None and self._read_seq is not None:
-            acquired = read_seq - self._read_seq
-        restored = _int(rst.get("restored")) if rst is not None else 0
-        if rst is not None and restored is None and read_seq is not None and self._restored_seq is not None:
-            restored = read_seq - self._restored_seq
-        if read_seq is not None:
-            self._read_seq = read_seq
-            if rst is not None:
-                self._restored_seq = read_seq
-        lag = None
-        for d in (sst, rst or {}, acq, pst):
-            if d.get("lag_seconds") is not None:
-                lag = d["lag_seconds"]
-                break
-        return {
-            "round": self.rounds,
-            "group": g,
-            "primary": pst,
-            "acquire": acq,
-            "secondary": sst,
-            "restore": rst,
-            "purge": pur,
-            "complete": complete,
-            "copying": copying,
-            "acquired": acquired,
-            "restored": restored,
-            "purged_to_seq": purge_seq if pur is not None else None,
-            "lag_seconds": lag,
-        }
-
-
-def round_text(r: dict[str, Any]) -> str:
-    parts = [f"round {r['round']}", f"acquired {cell(r.get('acquired'))}"]
-    if r.get("complete"):
-        if r.get("copying"):
-            parts.append("restore waits (initial copy running)")
-        else:
-            parts.append(f"restored {cell(r.get('restored'))}")
-        if r.get("purge") is not None:
-            parts.append(f"purged to seq {cell(r.get('purged_to_seq'))}")
-    else:
-        sst = r.get("secondary") or {}
-        parts.append(
-            f"restore waits (read-completed {cell(sst.get('read_completed'))}, "
-            f"to-be-read {cell(sst.get('to_be_read'))})"
-        )
-    lag = r.get("lag_seconds")
-    parts.append(
-        f"lag {duration(lag) if isinstance(lag, (int, float)) and not isinstance(lag, bool) else cell(lag)}"
-    )
-    return "  ".join(parts)
+# --- replicate: the host loop of Fig. 16 (Replicator is in hostctl.replicator) -------------------
 
 
 async def replicate(ctx: Ctx, args: argparse.Namespace) -> int:
@@ -521,57 +294,3 @@ async def replicate(ctx: Ctx, args: argparse.Namespace) -> int:
         ctx.err.write(f"hostctl: replicate {args.group}: stopped after {rep.rounds} round(s)\n")
         ctx.err.flush()
         return EXIT_OK
-
-
-# --- pairsyncwait, takeover --------------------------------------------------------------------
-
-
-SYNC_RESULTS = {"DONE": EXIT_OK}
-
-
-async def pairsyncwait(ctx: Ctx, args: argparse.Namespace) -> int:
-    client = await ctx.host.client(args.array)
-    wait = args.wait_timeout if args.wait_timeout is not None else ctx.timeout
-    # Without --seq the array takes the primary's newest sequence number now (HORCM's Q-marker).
-    params: dict[str, Any] = {"group": args.group, "timeout": wait}
-    if args.seq is not None:
-        params["seq"] = args.seq
-    data = _data(await client.run(Process.PAIR_SYNCWAIT, params, timeout=wait + ctx.timeout))
-    result = str(data.get("result") or "").upper()
-    seq = data.get("seq", args.seq)
-    if ctx.json:
-        ctx.print_json(data)
-    else:
-        ctx.line(
-            table(
-                ["GROUP", "ARRAY", "SEQ", "RESTORED", "RESULT"],
-                [[args.group, client.array, seq, data.get("restored_seq"), result]],
-                right=(2, 3),
-            )
-        )
-    why = " ".join(str(data.get("error") or data.get("reason") or "").split())
-    if result == "DONE":
-        return EXIT_OK
-    if result == "TIMEOUT":
-        what = f"sequence {seq}" if seq is not None else "the primary's newest sequence number"
-        raise CommandTimeout(
-            f"{client.where}: group {args.group}: TIMEOUT: {what} not restored within {wait:g}s"
-            + (f" ({why})" if why else "")
-        )
-    if result == "BROKEN":
-        raise PairStateError(
-            f"{client.where}: group {args.group}: BROKEN"
-            + (f": {why}" if why else ": the group is suspended or gone (see pairdisplay)")
-        )
-    raise ProtocolError(f"{client.where}: PAIR_SYNCWAIT answered result {data.get('result')!r}")
-
-
-async def takeover(ctx: Ctx, args: argparse.Namespace) -> int:
-    client = await ctx.host.client(args.array)
-    params = {"group": args.group, "dry_run": bool(args.dry_run)}
-    data = _data(await client.run(Process.TAKEOVER, params, timeout=ctx.timeout))
-    if ctx.json:
-        ctx.print_json(data)
-    else:
-        ctx.line(render_takeover(data, args.group, client.array, bool(args.dry_run)))
-    return EXIT_OK
