@@ -5,7 +5,9 @@
 - ``lu``      LogicalUnit: identity, unit attentions, reservations, the common command gate
 - ``ops``     the opcode table entries (dispatch + REPORT SUPPORTED OPERATION CODES data)
 - ``spc``     INQUIRY, REQUEST SENSE, MODE SENSE/SELECT, RSOC, RTPG, SPC-2 RESERVE/RELEASE
-- ``sbc``     reads, writes, verify, COMPARE AND WRITE, WRITE SAME, UNMAP, GET LBA STATUS, ...
+- ``sbc``     the SBC opcode table; its handlers are in ``sbc_rw`` (reads, writes, verify, COMPARE
+              AND WRITE), ``sbc_provisioning`` (WRITE SAME, UNMAP, GET LBA STATUS) and ``sbc_medium``
+              (capacity, cache sync, start/stop)
 - ``pr``      persistent reservations
 - ``xcopy``   EXTENDED COPY (LID1) and RECEIVE COPY RESULTS
 - ``vpd``     standard INQUIRY data and VPD pages
