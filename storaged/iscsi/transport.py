@@ -106,10 +106,14 @@ class IscsiServer:
             await asyncio.sleep(1.0)
             now = loop.time()
             for proto in list(self.connections):
+                if proto.conn.closed:
+                    continue  # closing, waiting for its last bytes to drain (or for the abort below)
                 if not proto.conn.logged_in and now - proto.started > self.login_timeout:
                     failures = self.portal.login_failures  # a half-done login is a failed one to an operator
                     failures["timeout"] = failures.get("timeout", 0) + 1
-                    proto.close(f"login not finished within {self.login_timeout:.0f}s")
+                    # Nothing worth flushing to a login that never finished; a peer that does not read
+                    # would otherwise hold the connection (and its buffer) open.
+                    proto.close(f"login not finished within {self.login_timeout:.0f}s", abort=True)
                     continue
                 proto.handle_events(proto.conn.tick(now))
 
@@ -252,14 +256,18 @@ class IscsiProtocol(asyncio.Protocol):
 
     # --- closing ---------------------------------------------------------------------------
 
-    def close(self, reason: str, lost_nexus: bool = False) -> None:
+    def close(self, reason: str, lost_nexus: bool = False, abort: bool = False) -> None:
+        """Close the connection; ``abort`` drops what is still queued for the peer instead of sending it."""
         log.info("%s: %s", self.peer, reason)
         self.conn.closed = True
         self.conn.abort_tasks(None)
         if lost_nexus:
             self._release_nexus()
         if self.transport is not None:
-            self.transport.close()
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     def _release_nexus(self) -> None:
         """I_T nexus loss: SPC-2 reservations and similar per-nexus state go away."""
