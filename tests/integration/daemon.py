@@ -53,7 +53,8 @@ class StoragedProcess:
                     found.set()
             found.set()
 
-        threading.Thread(target=pump, daemon=True).start()
+        self._pump = threading.Thread(target=pump, daemon=True)
+        self._pump.start()
         if not found.wait(timeout) or self.port == 0:
             self.kill()
             raise RuntimeError("storaged did not start:\n" + "".join(self.log_lines))
@@ -62,6 +63,17 @@ class StoragedProcess:
     @property
     def log(self) -> str:
         return "".join(self.log_lines)
+
+    def wait_log(self, text: str, timeout: float = 10.0) -> bool:
+        """True once ``text`` is in the log: lines arrive through a pipe and a reader thread, so a line
+        the daemon wrote before answering may be read after the answer."""
+        return wait_for(lambda: text in self.log, timeout)
+
+    def _drain_log(self) -> None:
+        """After the process ended: wait for the reader thread to take the last lines."""
+        pump = getattr(self, "_pump", None)
+        if pump is not None:
+            pump.join(10)
 
     def url(self, target: str = "iqn.2026-11.io.storaged:default", lun: int = 0, auth: str = "") -> str:
         return f"iscsi://{auth}{self.host}:{self.port}/{target}/{lun}"
@@ -78,6 +90,7 @@ class StoragedProcess:
                 self.proc.wait()
         rc = self.proc.returncode
         self.proc = None
+        self._drain_log()
         return rc
 
     def kill(self) -> None:
@@ -86,6 +99,7 @@ class StoragedProcess:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+        self._drain_log()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -93,7 +93,7 @@ def test_chap_right_credentials_log_in_and_wrong_ones_are_refused(tmp_path: Path
         assert bad.returncode != 0
         none = run("iscsi-inq", proc.url(TARGET, 0), check=False)
         assert none.returncode != 0
-        assert "CHAP response from 'host1' does not match" in proc.log
+        assert proc.wait_log("CHAP response from 'host1' does not match"), proc.log
     finally:
         proc.stop()
 
@@ -141,7 +141,7 @@ def test_header_digest_with_libiscsi(storaged: StoragedProcess, tmp_path: Path) 
     out = tmp_path / "out.raw"
     run("qemu-img", "convert", "-f", "raw", "-O", "raw", spec, str(out))
     assert out.read_bytes()[: 1 << 20] == src.read_bytes()
-    assert "digests header=CRC32C" in storaged.log
+    assert storaged.wait_log("digests header=CRC32C"), storaged.log
 
 
 def test_filesystem_on_a_lun_through_a_real_block_device(storaged: StoragedProcess, tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ async def test_chap_sha256_mutual_with_own_initiator(tmp_path: Path) -> None:
         await s.login("127.0.0.1", proc.port, TARGET, chap=creds, chap_algorithms=(7,))
         assert (await s.scsi(0, TUR)).status == 0
         await s.logout()
-        assert "CHAP: iqn.2026-11.io.storaged:initiator authenticated as host1" in proc.log
+        assert proc.wait_log("CHAP: iqn.2026-11.io.storaged:initiator authenticated as host1"), proc.log
         wrong = IscsiSession()
         with pytest.raises(LoginRefused) as info:
             await wrong.login("127.0.0.1", proc.port, TARGET,
@@ -73,7 +73,7 @@ async def test_session_reinstatement_by_isid_replaces_old_session(storaged: Stor
     assert (await new.scsi(0, TUR)).status in (0, 2)
     with pytest.raises(Exception):
         await old.scsi(0, TUR, timeout=5)
-    assert "session reinstatement" in storaged.log
+    assert storaged.wait_log("session reinstatement"), storaged.log
     await new.logout()
 
 
