@@ -140,11 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         rc = rc or hostctl(host, "--array", "site-b", "info")
         rc = rc or hostctl(host, "--array", "site-b", "link")
         rc = rc or replication_demo(host)
-        for d in arrays:
-            rc = rc or lab_metrics.show(d.name, d.config)
         if rc:
             print(f"storaged-lab: hostctl failed (exit {rc})", file=sys.stderr)
             return rc
+        if any([lab_metrics.show(d.name, d.config) for d in arrays]):
+            return 1  # each failed scrape said why
         if args.once:
             return 0
         print("\nstoraged-lab: running in the foreground; Ctrl-C stops both arrays.", flush=True)

@@ -7,6 +7,8 @@ against what the demo did (16 MiB written to site-a LUN 0, link up, the group's 
 
 from __future__ import annotations
 
+import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -45,16 +47,24 @@ def scrape(url: str, timeout: float = 5.0) -> list[str]:
     return lines
 
 
-def show(name: str, config: Path) -> int:
-    """Print the SHOWN series of one array; 0 when shown or metrics are off, 1 when the scrape failed."""
+def show(name: str, config: Path, group: str = "lab", patience: float = 10.0) -> int:
+    """Print the SHOWN series of one array; 0 when shown or metrics are off, 1 when the scrape failed.
+
+    A secondary's group series need an answer from the primary within the scrape; a busy machine
+    can miss it once, so the scrape is repeated (up to ``patience`` s) until the group shows."""
     url = metrics_url(config)
     if url is None:
         return 0
     print(f"\n$ curl -s {url}   # {name}: a few of the series", flush=True)
+    wanted = f'storaged_group_rpo_seconds{{group="{group}"}}'
+    deadline = time.monotonic() + patience
     try:
         lines = scrape(url)
-    except OSError as exc:
-        print(f"storaged-lab: {name}'s metrics at {url} did not answer: {exc}", flush=True)
+        while not any(line.startswith(wanted) for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            lines = scrape(url)
+    except (OSError, ValueError) as exc:  # no answer, or not the Prometheus text format
+        print(f"storaged-lab: {name}'s metrics at {url} could not be read: {exc}", file=sys.stderr, flush=True)
         return 1
     print("\n".join(lines), flush=True)
     return 0
