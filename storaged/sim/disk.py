@@ -77,13 +77,20 @@ class SimDisk:
         self.gen += 1
         kept = lost = 0
         for p in self.pending:
-            for off in range(0, len(p.data), BLOCK):
+            # Disk block by disk block: a write that starts or ends mid-block has a partial first or
+            # last piece, and only its own bytes may change (slicing by the write's own 512-byte
+            # steps gave a short last slice that replaced a whole block and shifted the image).
+            lo, end = p.offset, p.offset + len(p.data)
+            while lo < end:
+                hi = min(end, (lo // BLOCK + 1) * BLOCK)
                 if p.forced or self.rng.random() < self.keep_prob:
-                    self.dur[p.offset + off:p.offset + off + BLOCK] = p.data[off:off + BLOCK]
+                    self.dur[lo:hi] = p.data[lo - p.offset : hi - p.offset]
                     kept += 1
                 else:
                     lost += 1
+                lo = hi
         self.pending.clear()
+        assert len(self.dur) == self.size
         self.cur[:] = self.dur
         for w in self.watchers:
             w(0, self.size)
