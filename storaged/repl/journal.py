@@ -183,7 +183,7 @@ class PrimaryJournal:
             self._commit_changed.set()
             raise
 
-    async def commit(self, r: Reservation) -> Entry:
+    async def commit(self, r: Reservation) -> None:
         """Wait until this entry and every earlier one are written. Only then may the write reach
         the volume or be acknowledged: a journal read after a crash stops at the first missing
         entry, so nothing after a gap may have been applied or promised."""
@@ -203,8 +203,6 @@ class PrimaryJournal:
                 raise JournalFull(f"journal of group {self.group} failed: {self.broken}")
             self._commit_changed.clear()
             await self._commit_changed.wait()
-        return Entry(r.seq, r.time_ns, r.volume, r.offset, bytes(r.data), r.pos, r.span, r.zero_length,
-                     bool(r.flags & FLAG_REJOURNAL))
 
     async def append(self, volume: int, offset: int, data: bytes | bytearray | memoryview,
                      time_ns: int | None = None, zero_length: int = 0, flags: int = 0) -> Entry:
@@ -212,7 +210,10 @@ class PrimaryJournal:
         zeros", no data)."""
         r = self.reserve(volume, offset, data, time_ns, zero_length, flags)
         await self.write_reserved(r)
-        return await self.commit(r)
+        await self.commit(r)
+        # built here, not in commit(): the host write path has no use for a copy of its data
+        return Entry(r.seq, r.time_ns, r.volume, r.offset, bytes(r.data), r.pos, r.span, r.zero_length,
+                     bool(r.flags & FLAG_REJOURNAL))
 
     async def flush(self) -> None:
         """Make every committed entry durable (FUA, SYNCHRONIZE CACHE)."""
