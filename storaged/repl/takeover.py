@@ -97,9 +97,10 @@ class TakeoverRole(SecondaryRole):
         self.secondary_journal.pop(name, None)
         await self._attach_primary(ng, reopen=False)
         j = self.journals[name]
+        # "svols": the pairs that stay, in the old primary's volumes (it may hold a half-formed one)
         ng.demote = {"group": name, "pjnl": ng.pjnl, "epoch": j.sb.epoch, "head": j.sb.head, "end": j.sb.end,
                      "block_size": j.sb.block_size, "in_pos": j.ptr.in_pos, "next_seq": j.ptr.next_seq,
-                     "term": ng.term, **(extra or {})}
+                     "term": ng.term, "svols": [p.svol for p in ng.pairs], **(extra or {})}
         self.groups[name] = ng
         self.save()
         return ng
@@ -228,8 +229,12 @@ class TakeoverRole(SecondaryRole):
         await self._call(g, "repl.fence", {"group": name, "why": f"{self.array.name} took over"})
         sizes = {p.pvol: p.size for p in g.pairs}
         svol_of = {p.pvol: p.svol for p in g.pairs}
+        unpaired = sorted(int(v) for v in regions if int(v) not in svol_of)
+        if unpaired:  # a pair the old primary set up and this array never confirmed: nothing to copy back
+            log.warning("group %s: %s reports writes on P-VOL(s) %s, which are not paired here; not copied back",
+                        name, g.peer, unpaired)
         copy = {str(svol_of[int(v)]): [(r * region, min(region, sizes[int(v)] - r * region)) for r in sorted(rs)]
-                for v, rs in regions.items()}
+                for v, rs in regions.items() if int(v) in svol_of}
         g.dirty = {}
         for p in g.pairs:  # what was written here in SSWS must survive a crash during the copy back
             await self._inner(self._lu(p.svol, "S-VOL", g.target)).flush()
@@ -254,15 +259,23 @@ class TakeoverRole(SecondaryRole):
         if term <= g.term:
             raise CommandError(ResultStatus.WRONG_STATE, f"stale request: group {name} is at swap {g.term} here, "
                                                          f"the request is of swap {term}")
+        # The new primary's S-VOLs; a pair set up here that it never confirmed (a lost paircreate
+        # reply) is dropped: its volume is simple again. A request from an older storaged names none.
+        staying = {int(v) for v in params["svols"]} if "svols" in params else {p.pvol for p in g.pairs}
         order = self.orders[name]
         async with order.lock:
             for p in g.pairs:
                 self._unwrap(p.pvol, g.target)
-                self._lu(p.pvol, "S-VOL", g.target).write_protected = True
+                self._lu(p.pvol, "S-VOL", g.target).write_protected = p.pvol in staying
             order.journaling = False
         self.journals.pop(name, None)
         self.orders.pop(name, None)
-        pairs = [Pair(pvol=p.svol, svol=p.pvol, state=p.state, size=p.size, copied=p.size) for p in g.pairs]
+        dropped = [p.pvol for p in g.pairs if p.pvol not in staying]
+        if dropped:
+            log.warning("group %s: pair(s) of volume(s) %s never formed on %s: dropped (simple volumes)",
+                        name, dropped, peer)
+        pairs = [Pair(pvol=p.svol, svol=p.pvol, state=p.state, size=p.size, copied=p.size)
+                 for p in g.pairs if p.pvol in staying]
         ng = Group(name, "secondary", peer, pjnl=int(params["pjnl"]), sjnl=g.pjnl, pairs=pairs, state=g.state,
                    before_fence=g.before_fence, target=g.target, peer_target=g.peer_target,
                    epoch=int(params["epoch"]), head=int(params["head"]), end=int(params["end"]),

@@ -1,0 +1,74 @@
+"""A pair the primary set up but the secondary never confirmed (the paircreate reply was lost and
+the operator did not repeat it), then a takeover and a reverse resync.
+
+Found by the simulator's long run (seed 16156: delete, lost_reply, takeover): the old primary
+reported writes for that volume as lost, the reverse resync looked them up among its own pairs
+(KeyError: 1, on every repeat, the pair stuck in SSWS/FENCED for good), and the old primary would
+have turned the half-formed pair into an S-VOL the new primary knows nothing of. Now the reverse
+resync copies back only volumes paired on both sides, and the demote names the pairs that stay,
+so the old primary drops the half-formed one (its volume simple and writable again)."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from storaged.cmddev.dispatch import CommandError
+from storaged.sim.disk import BLOCK, SimDisk
+from storaged.sim.loop import run_virtual
+
+from .test_repl_defects import JNL, TARGET, VOL, EdgeLink, G, InlineExecutor, Sites, until
+
+VOL2 = 1
+
+
+class TwoVolumeSites(Sites):
+    """The usual two arrays, each with a second data volume (LUN 1)."""
+
+    def __init__(self, base: str, journal: int) -> None:
+        super().__init__(base, journal)
+        for node in (self.a, self.b):
+            node.disks[VOL2] = SimDisk(f"{node.name}:{VOL2}", 1 << 20, self.world.rng, 1.0, lambda: 0.0)
+
+
+def run_two(tmp_path: Any, body: Callable[[Sites, EdgeLink], Awaitable[None]]) -> None:
+    sites = TwoVolumeSites(str(tmp_path), 256 << 10)
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_default_executor(InlineExecutor(max_workers=1))
+        await body(sites, await sites.boot())
+
+    run_virtual(main, sites.world.clock, sites.world.rng)
+
+
+def test_a_reverse_resync_with_a_pair_only_the_old_primary_had(tmp_path: Any) -> None:
+    async def body(s: Sites, link: EdgeLink) -> None:
+        await s.create()
+        link.lose_reply_of = "repl.prepare_primary"
+        with pytest.raises(CommandError):
+            await s.b.array.repl.pair_create({"group": G, "peer": "site-a", "pvol": VOL2, "svol": VOL2,
+                                              "pjnl": JNL, "sjnl": JNL}, "test")
+        assert [p.pvol for p in s.group(s.a).pairs] == [VOL, VOL2]
+        assert [p.svol for p in s.group(s.b).pairs] == [VOL]
+        await s.write(0)
+        lu2 = s.a.array.luns[(TARGET, VOL2)].lu
+        await lu2.store(0, struct.pack("<QQ", 77, 0) * (BLOCK // 16), False)  # journaled on site-a only
+        await s.synced()
+        s.a.crash()
+        await s.b.array.repl.takeover(G, dry_run=False)
+        assert s.state(s.b) == "SSWS", s.states()
+        await s.a.boot()
+        await s.b.array.repl.resync_swap(G, force=True)
+        assert await until(lambda: s.state(s.a) == s.state(s.b) == "PAIR", 10.0), s.states()
+        assert s.group(s.b).role == "primary" and [p.pvol for p in s.group(s.b).pairs] == [VOL]
+        assert s.group(s.a).role == "secondary" and [p.svol for p in s.group(s.a).pairs] == [VOL]
+        assert not s.a.array.luns[(TARGET, VOL2)].lu.write_protected  # simple again, not an orphan S-VOL
+        r = await s.a.array.repl.syncwait(G, None, 10.0)  # site-a is the secondary now
+        assert r["result"] == "DONE", r
+        assert s.same()
+
+    run_two(tmp_path, body)
