@@ -275,10 +275,23 @@ class Replication(TakeoverRole):
                                f"group {name}'s S-VOLs were writable while split: a resync from {g.peer} would "
                                "discard whatever was written on them since; repeat with force to accept that")
         async with self.lock(name):
-            await self.acquire(g)  # entries journaled before the suspension come first
-            await self.restore(g)
-            await self.purge_primary(g)
-            info = await self._call(g, "repl.resync", {"group": name})
+            if g.writable:  # split -rw: no host write may land on the S-VOLs once the copy starts
+                luns = [self._lu(p.svol, "S-VOL", g.target) for p in g.pairs]
+                for lu in luns:
+                    lu.write_protected = True
+                try:
+                    await self._quiesce(luns)
+                except BaseException:
+                    self._protect(g)  # still writable
+                    raise
+            try:
+                await self.acquire(g)  # entries journaled before the suspension come first
+                await self.restore(g)
+                await self.purge_primary(g)
+                info = await self._call(g, "repl.resync", {"group": name})
+            except BaseException:
+                self._protect(g)  # not resynced: as writable as before
+                raise
             # the primary moved what this array had not taken to its bitmap (or restarted a failed
             # journal): the journal goes on from the copy's start, whatever reply was lost before
             g.read_pos = g.restored_pos = int(info["in_pos"])

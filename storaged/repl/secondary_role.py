@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..cmddev.block import ResultStatus
 from ..cmddev.dispatch import CommandError
@@ -23,6 +23,9 @@ from .model import COPY_END_UNKNOWN, Group, Pair, _wrong_state
 from .states import Event, State
 from .primary_role import PrimaryRole
 
+if TYPE_CHECKING:
+    from ..scsi.lu import LogicalUnit
+
 log = logging.getLogger("storaged.repl")
 
 COPY_CHUNK = 4 << 20
@@ -36,6 +39,15 @@ class SecondaryRole(PrimaryRole):
     def _protect(self, g: Group) -> None:
         for p in g.pairs:
             self._lu(p.svol, "S-VOL", g.target).write_protected = not g.writable
+
+    @staticmethod
+    async def _quiesce(luns: list[LogicalUnit]) -> None:
+        """With the S-VOLs write-protected: wait for host writes that passed the check before it
+        was set (each holds its range from that check on), or one would land after the copy of its
+        region and leave the S-VOL differing from the P-VOL in PAIR."""
+        for lu in luns:
+            async with lu.ranges.locked(0, lu.num_blocks * lu.block_size):
+                pass
 
     def _spawn(self, g: Group) -> None:
         task = self._tasks.get(g.name)
@@ -68,25 +80,37 @@ class SecondaryRole(PrimaryRole):
             if info["size"] != s_lu.num_blocks * s_lu.block_size:
                 raise CommandError(ResultStatus.BAD_PARAMETER, f"S-VOL LUN {svol} has {s_lu.num_blocks * s_lu.block_size}"
                                    f" bytes, the P-VOL {info['size']}: sizes must match")
-            if g is None:
-                if j_lu.num_blocks * j_lu.block_size < info["end"]:
-                    raise CommandError(ResultStatus.BAD_PARAMETER, "the secondary journal is smaller than the primary's")
-                g = Group(name, "secondary", peer, pjnl, sjnl, state=State.SMPL.value, target=target,
-                          peer_target=peer_target, epoch=info["epoch"], head=info["head"], end=info["end"],
-                          block_size=info["block_size"], restored_pos=info["in_pos"], restored_seq=info["next_seq"],
-                          read_pos=info["in_pos"], read_seq=info["next_seq"])
-                await self._inner(j_lu).write(0, encode_superblock(name, g.block_size, g.head, g.end, g.epoch), fua=True)
-                self.secondary_journal[name] = Superblock(name, g.block_size, g.head, g.end, g.epoch)
-                self.groups[name] = g
-            g.pairs.append(Pair(pvol, svol, "COPY", info["size"]))
-            g.apply(Event.CREATE)
-            g.copy_regions[str(pvol)] = [[0, info["size"]]]
+            was_protected, s_lu.write_protected = s_lu.write_protected, True  # an S-VOL from here on
+            try:
+                await self._quiesce([s_lu])
+                g = await self._add_pair(g, name, peer, pvol, svol, pjnl, sjnl, target, peer_target, info, j_lu)
+            except BaseException:
+                s_lu.write_protected = was_protected
+                raise
             self._protect(g)
             self.save()
             log.info("group %s: pair %s:%d -> %s:%d created by %s; initial copy starts", name, peer, pvol,
                      self.array.name, svol, origin or "?")
             self._spawn(g)
             return {"group": name, "state": g.state}
+
+    async def _add_pair(self, g: Group | None, name: str, peer: str, pvol: int, svol: int, pjnl: int, sjnl: int,
+                        target: str, peer_target: str, info: dict[str, Any], j_lu: LogicalUnit) -> Group:
+        """The group (created with its journal on first use) gains the pair, in COPY of all of it."""
+        if g is None:
+            if j_lu.num_blocks * j_lu.block_size < info["end"]:
+                raise CommandError(ResultStatus.BAD_PARAMETER, "the secondary journal is smaller than the primary's")
+            g = Group(name, "secondary", peer, pjnl, sjnl, state=State.SMPL.value, target=target,
+                      peer_target=peer_target, epoch=info["epoch"], head=info["head"], end=info["end"],
+                      block_size=info["block_size"], restored_pos=info["in_pos"], restored_seq=info["next_seq"],
+                      read_pos=info["in_pos"], read_seq=info["next_seq"])
+            await self._inner(j_lu).write(0, encode_superblock(name, g.block_size, g.head, g.end, g.epoch), fua=True)
+            self.secondary_journal[name] = Superblock(name, g.block_size, g.head, g.end, g.epoch)
+            self.groups[name] = g
+        g.pairs.append(Pair(pvol, svol, "COPY", info["size"]))
+        g.apply(Event.CREATE)
+        g.copy_regions[str(pvol)] = [[0, info["size"]]]
+        return g
 
     async def _link_call(self, peer: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
         link = self.array.links[peer]
