@@ -118,6 +118,7 @@ class Hosts:
             assert lu is not None
             if lu.write_protected:
                 raise PermissionError("DATA PROTECT: write protected")
+            w.admitted_as_svol = world.protected_svol(node.name, w.vol)  # what acked() judges
             await lu.store(w.block * BLOCK, data, w.fua)
 
         self.inflight.setdefault(node.name, set()).add(w)

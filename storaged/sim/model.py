@@ -37,6 +37,8 @@ class HostWrite:
     end: int = 0  # event number of the answer, or of the crash that ended it; 0 while in flight
     acked: bool = False
     ordered: bool = False  # its place in a journal group's order is recorded
+    #: the group state when the array admitted it, if its volume was then a protected S-VOL
+    admitted_as_svol: str | None = None
 
     def payload(self, node_id: int) -> bytes:
         out = bytearray()

@@ -331,8 +331,20 @@ class World:
 
     # --- host-visible checks -------------------------------------------------------------------------
 
+    def protected_svol(self, node: str, vol: int) -> str | None:
+        """The state of the secondary group whose S-VOL ``vol`` is on ``node`` when no host write may
+        be admitted there now (not SSWS, not split -rw), else None."""
+        g = self.group(self.nodes[node])
+        if g is None or g.role != "secondary" or vol not in [p.svol for p in g.pairs]:
+            return None
+        if g.state == "SSWS" or (g.state == "PSUS" and g.writable):
+            return None
+        return str(g.state)
+
     def acked(self, w: HostWrite) -> None:
-        """A host got GOOD for ``w``: was that array allowed to take it?"""
+        """A host got GOOD for ``w``: was that array allowed to take it? Admission is what counts: a
+        write admitted while its volume was simple may complete after it became an S-VOL (the
+        secondary waits for it before any copy; the P == S checks say whether it did)."""
         self.ledger(w.node, w.vol).acked(w)
         me = self.nodes[w.node]
         other = self.nodes[me.peer]
@@ -341,10 +353,12 @@ class World:
             g = None  # this LUN is not (yet) in the group
         if og is not None and w.vol not in (og.pvols() if og.role == "primary" else [p.svol for p in og.pairs]):
             og = None
-        if g is not None and g.role == "secondary" and g.state != "SSWS" and not (g.state == "PSUS" and g.writable):
-            self.violation("svol-accepted-write", f"{me.name} acknowledged write {w.tag} to LUN {w.vol} while its "
-                                                  f"group is secondary in {g.state}")
+        if w.admitted_as_svol is not None:
+            self.violation("svol-accepted-write", f"{me.name} acknowledged write {w.tag} to LUN {w.vol}, admitted "
+                                                  f"while its group was secondary in {w.admitted_as_svol}")
             return
+        if g is not None and g.role == "secondary" and self.protected_svol(me.name, w.vol) is not None:
+            return  # admitted before the volume became an S-VOL: nothing more to judge here
         if g is None or og is None or not other.ready:  # down or starting: no host can write there
             return
         lu = other.array.luns[(other.array.cfg.targets[0].name, w.vol)].lu
