@@ -83,6 +83,16 @@ class PrimaryRole(ReplicationCore):
         self._enforce_primary(g)
         self.save()
 
+    @staticmethod
+    async def _quiesce(luns: list[LogicalUnit]) -> None:
+        """Wait for the host writes already under way on these LUs (each holds its range from its
+        write-protect check on): once a volume is write-protected (an S-VOL) or journaled (a P-VOL),
+        one that started before would land after the copy read or wrote its region, unjournaled,
+        and leave S-VOL and P-VOL differing in PAIR. Writes that start meanwhile wait a moment."""
+        for lu in luns:
+            async with lu.ranges.locked(0, lu.num_blocks * lu.block_size):
+                pass
+
     def _wrap(self, order: WriteOrder, pvol: int, target: str) -> None:
         lu = self._lu(pvol, "P-VOL", target)
         if not isinstance(lu.backstore, JournaledStore):  # (an SSWS tracker hands its held writes over)
@@ -132,8 +142,11 @@ class PrimaryRole(ReplicationCore):
                     raise RemoteError(Status.BAD_REQUEST, f"LUN {pvol} is already paired")
                 g.pairs.append(Pair(pvol, svol, "COPY", lu.num_blocks * lu.block_size))
                 self._wrap(self.orders[name], pvol, g.target)
-            # what the copy will read of writes from before the pair must be durable here: they are
-            # neither journaled nor in the activity log, so a power cut would keep them on the S-VOL only
+            # writes that started on the plain store before the wrap land first (the copy must see
+            # them); then what the copy reads of writes from before the pair must be durable here:
+            # they are neither journaled nor in the activity log, so a power cut would keep them on
+            # the S-VOL only
+            await self._quiesce([lu])
             await self._inner(lu).flush()
             self._primary_event(g, Event.CREATE)
             return self._prepared(g, lu)

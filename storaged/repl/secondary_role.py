@@ -40,15 +40,6 @@ class SecondaryRole(PrimaryRole):
         for p in g.pairs:
             self._lu(p.svol, "S-VOL", g.target).write_protected = not g.writable
 
-    @staticmethod
-    async def _quiesce(luns: list[LogicalUnit]) -> None:
-        """With the S-VOLs write-protected: wait for host writes that passed the check before it
-        was set (each holds its range from that check on), or one would land after the copy of its
-        region and leave the S-VOL differing from the P-VOL in PAIR."""
-        for lu in luns:
-            async with lu.ranges.locked(0, lu.num_blocks * lu.block_size):
-                pass
-
     def _spawn(self, g: Group) -> None:
         task = self._tasks.get(g.name)
         if task is None or task.done():

@@ -57,3 +57,25 @@ def test_a_write_in_flight_on_a_writable_split_svol_at_pairresync_lands_before_t
         assert s.same(), "PAIR with the S-VOL holding a write made while split, after the resync's copy"
 
     run(tmp_path, body)
+
+
+def test_a_write_in_flight_on_the_pvol_when_the_pair_is_formed_reaches_the_svol(tmp_path: Any) -> None:
+    """The primary's side of the same: a host write that started on the P-VOL's plain store just
+    before prepare_primary wrapped it in the journal was neither journaled nor (if it landed after
+    the copy read its region) copied: PAIR with the S-VOL missing it."""
+
+    async def body(s: Sites, _link: EdgeLink) -> None:
+        import asyncio
+
+        delays = iter([0.5])
+        s.a.disks[VOL].delay = lambda: next(delays, 0.0)
+        data = b"".join(struct.pack("<QQ", 4343, 40 + i) * (BLOCK // 16) for i in range(4))
+        lu = s.a.array.luns[(TARGET, VOL)].lu
+        inflight = asyncio.get_running_loop().create_task(lu.store(40 * BLOCK, data, False))
+        await asyncio.sleep(0.01)
+        await s.create()
+        await inflight
+        await s.synced()
+        assert s.same(), "PAIR with the S-VOL missing a write the P-VOL acknowledged"
+
+    run(tmp_path, body)
