@@ -155,6 +155,8 @@ async def extended_copy(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
             while pos < end:
                 step = min(COPY_CHUNK, end - pos)
                 chunk = await seg.src.backstore.read(pos, step)
+                if seg.dst.write_protected:  # again, after the read's await: store() holds the range from here
+                    raise ScsiError(Reason.WRITE_PROTECTED)
                 await seg.dst.store(dst_pos, chunk, seg.dst.write_through)
                 pos += step
                 dst_pos += step

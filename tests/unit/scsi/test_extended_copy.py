@@ -188,3 +188,35 @@ async def test_write_atomic16_writes_and_respects_the_limit(i1, lu) -> None:
     assert_sense(await i1.cmd(too_long), ILLEGAL_REQUEST, 0x24, 0x00)
     vpd = await i1.cmd(bytes((0x12, 1, 0xB0, 0, 64, 0)))
     assert struct.unpack_from(">I", vpd.data, 44)[0] == lu.max_atomic_blocks
+
+
+async def test_a_destination_write_protected_during_the_copy_gets_no_more_data(two_lu_target) -> None:
+    """The write-protect check ran once, before the copy: a destination that became write-protected
+    meanwhile (a volume made an S-VOL, whose array then waited for the writes already under way)
+    still got the chunks read after it, landing after the pair's initial copy. Each chunk is now
+    checked as it is stored."""
+    import asyncio
+
+    from .conftest import DATA_PROTECT
+
+    src, dst = two_lu_target.luns[0], two_lu_target.luns[1]
+    gate = asyncio.Event()
+    plain_read = src.backstore.read
+
+    async def slow_read(offset: int, length: int) -> bytes:
+        await gate.wait()
+        return await plain_read(offset, length)
+
+    src.backstore.read = slow_read  # type: ignore[method-assign]
+    await src.backstore.write(0, b"C" * 4 * BS)
+    ini = Initiator(two_lu_target, I1)
+    await ini.clear_ua()
+    data = param_list([tgt_desc(NAA), tgt_desc(NAA2)], [seg_desc(0, 1, 4, 0, 0)])
+    copy = asyncio.ensure_future(ini.cmd(xcopy_cdb(len(data)), data))
+    await asyncio.sleep(0)
+    dst.write_protected = True  # what paircreate does on the secondary, then it waits for writes in flight
+    async with dst.ranges.locked(0, BLOCKS * BS):
+        pass
+    gate.set()
+    assert_sense(await copy, DATA_PROTECT, 0x27, 0x00)
+    assert await dst.backstore.read(0, 4 * BS) == bytes(4 * BS)

@@ -254,3 +254,33 @@ async def test_get_lba_status_on_thick_lu_reports_everything_mapped() -> None:
     await ini.clear_ua()
     descs = descriptors(bytes((await lba_status(ini, 0)).data))
     assert descs[0][0] == 0 and descs[0][2] == 0 and descs[0][1] > 0
+
+
+async def test_unmap_stops_at_a_range_after_the_lu_became_write_protected(i1, lu) -> None:
+    """UNMAP checked write protection once and then punched its ranges one after the other: a
+    range after the LU became write-protected (made an S-VOL, whose array then waited for the writes
+    already under way) was still punched, after the pair's copy. Each range is now checked."""
+    import asyncio
+
+    from .conftest import DATA_PROTECT
+
+    assert_good(await i1.write10(0, b"D" * 64 * BS))
+    gate = asyncio.Event()
+    plain_unmap = lu.backstore.unmap
+
+    async def slow_unmap(offset: int, length: int) -> None:
+        await gate.wait()
+        await plain_unmap(offset, length)
+
+    lu.backstore.unmap = slow_unmap  # type: ignore[method-assign]
+    data = unmap_list((0, CHUNK_BLOCKS), (32, CHUNK_BLOCKS))
+    job = asyncio.ensure_future(i1.cmd(unmap_cdb(len(data)), data))
+    await asyncio.sleep(0)  # the first range is being punched
+    lu.write_protected = True
+    held = lu.ranges.locked(0, BLOCKS * BS)
+    quiesce = asyncio.ensure_future(held.__aenter__())
+    gate.set()
+    await quiesce  # the range under way has landed
+    await held.__aexit__(None, None, None)
+    assert_sense(await job, DATA_PROTECT, 0x27, 0x00)
+    assert await lu.backstore.read(32 * BS, CHUNK_BLOCKS * BS) == b"D" * CHUNK_BLOCKS * BS
