@@ -278,7 +278,7 @@ class Replication(TakeoverRole):
             if g.writable:  # split -rw: no host write may land on the S-VOLs once the copy starts
                 luns = [self._lu(p.svol, "S-VOL", g.target) for p in g.pairs]
                 for lu in luns:
-                    lu.write_protected = True
+                    lu.held = True
                 try:
                     await self._quiesce(luns)
                 except BaseException:
@@ -324,7 +324,7 @@ class Replication(TakeoverRole):
                 except CommandError as exc:
                     log.warning("group %s: primary not told of the delete: %s", name, exc)
                 for p in g.pairs:
-                    self._lu(p.svol, "S-VOL", g.target).write_protected = False
+                    self._lu(p.svol, "S-VOL", g.target).held = False
             else:
                 try:  # the secondary un-protects its S-VOLs and tells us back
                     await self._call(g, "repl.forward", {"op": "delete", "group": name})

@@ -75,7 +75,7 @@ class PrimaryRole(ReplicationCore):
             order.journaling = state in JOURNALING
             order.fenced = g.fenced
         for p in g.pairs:
-            self._lu(p.pvol, "P-VOL", g.target).write_protected = g.fenced
+            self._lu(p.pvol, "P-VOL", g.target).held = g.fenced
 
     def _primary_event(self, g: Group, event: Event, error: str = "") -> None:
         """A state change of a primary group: through the table, enforced, persisted."""

@@ -38,7 +38,7 @@ class SecondaryRole(PrimaryRole):
 
     def _protect(self, g: Group) -> None:
         for p in g.pairs:
-            self._lu(p.svol, "S-VOL", g.target).write_protected = not g.writable
+            self._lu(p.svol, "S-VOL", g.target).held = not g.writable
 
     def _spawn(self, g: Group) -> None:
         task = self._tasks.get(g.name)
@@ -71,12 +71,12 @@ class SecondaryRole(PrimaryRole):
             if info["size"] != s_lu.num_blocks * s_lu.block_size:
                 raise CommandError(ResultStatus.BAD_PARAMETER, f"S-VOL LUN {svol} has {s_lu.num_blocks * s_lu.block_size}"
                                    f" bytes, the P-VOL {info['size']}: sizes must match")
-            was_protected, s_lu.write_protected = s_lu.write_protected, True  # an S-VOL from here on
+            was_held, s_lu.held = s_lu.held, True  # an S-VOL from here on
             try:
                 await self._quiesce([s_lu])
                 g = await self._add_pair(g, name, peer, pvol, svol, pjnl, sjnl, target, peer_target, info, j_lu)
             except BaseException:
-                s_lu.write_protected = was_protected
+                s_lu.held = was_held
                 raise
             self._protect(g)
             self.save()

@@ -266,7 +266,7 @@ class TakeoverRole(SecondaryRole):
         async with order.lock:
             for p in g.pairs:
                 self._unwrap(p.pvol, g.target)
-                self._lu(p.pvol, "S-VOL", g.target).write_protected = p.pvol in staying
+                self._lu(p.pvol, "S-VOL", g.target).held = p.pvol in staying
             order.journaling = False
         self.journals.pop(name, None)
         self.orders.pop(name, None)

@@ -106,6 +106,9 @@ class LogicalUnit:
         self.modes = ModePages(self)
         #: hot-path copies of mode-page bits, refreshed by ModePages.apply
         self.d_sense = False
+        self._swp = False  # the host's software write protect (control mode page)
+        self._held = False  # the array's own (replication: an S-VOL, a fenced P-VOL)
+        #: read_only or SWP or held, kept up to date by their setters (read on every write)
         self.write_protected = read_only
         self.write_through = False
         self.modes.sync_lu()
@@ -127,6 +130,29 @@ class LogicalUnit:
         self._cache: dict[object, bytes] = {}
 
     # --- the gate --------------------------------------------------------------------------
+
+    # --- write protection: three owners, one answer ---------------------------------------------
+
+    @property
+    def held(self) -> bool:
+        """Write protection by the array itself (an S-VOL, a fenced P-VOL): neither a MODE SELECT
+        from a host nor the config's read_only may lift it, nor it theirs."""
+        return self._held
+
+    @held.setter
+    def held(self, on: bool) -> None:
+        self._held = on
+        self.write_protected = self.read_only or self._swp or on
+
+    @property
+    def swp(self) -> bool:
+        """The control mode page's SWP bit, as the hosts set it."""
+        return self._swp
+
+    @swp.setter
+    def swp(self, on: bool) -> None:
+        self._swp = on
+        self.write_protected = self.read_only or on or self._held
 
     async def execute(self, cmd: ScsiCommand) -> ScsiResult:
         """Run one command to completion; never raises for SCSI-level failures."""

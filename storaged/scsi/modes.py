@@ -73,7 +73,7 @@ class ModePages:
         """Copy the bits the hot path needs onto the LU."""
         lu = self.lu
         lu.d_sense = bool(self.current[PAGE_CONTROL][2] & 0x04)
-        lu.write_protected = lu.read_only or bool(self.current[PAGE_CONTROL][4] & 0x08)
+        lu.swp = bool(self.current[PAGE_CONTROL][4] & 0x08)  # (with read_only and the array's hold)
         lu.write_through = not (self.current[PAGE_CACHING][2] & 0x04)
 
     def page(self, code: int, pc: int) -> bytes:

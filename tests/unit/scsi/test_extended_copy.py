@@ -214,7 +214,7 @@ async def test_a_destination_write_protected_during_the_copy_gets_no_more_data(t
     data = param_list([tgt_desc(NAA), tgt_desc(NAA2)], [seg_desc(0, 1, 4, 0, 0)])
     copy = asyncio.ensure_future(ini.cmd(xcopy_cdb(len(data)), data))
     await asyncio.sleep(0)
-    dst.write_protected = True  # what paircreate does on the secondary, then it waits for writes in flight
+    dst.held = True  # what paircreate does on the secondary, then it waits for writes in flight
     async with dst.ranges.locked(0, BLOCKS * BS):
         pass
     gate.set()

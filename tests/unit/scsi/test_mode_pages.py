@@ -174,3 +174,23 @@ async def test_cold_reset_restores_default_mode_pages(target, i1) -> None:
     target.reset_target(None, cold=True)
     await i1.clear_ua()
     assert not (await control_page(i1))[2] & 0x04
+
+
+async def test_mode_select_keeps_the_arrays_own_write_protection(i1, lu) -> None:
+    """Any MODE SELECT recomputed write protection from the config and the SWP bit alone, so a
+    host turning its write cache off (sdparm --set WCE=0) made an S-VOL writable (found in review).
+    The array's hold (S-VOL, fenced P-VOL), the config's read_only and the host's SWP are kept apart."""
+    lu.held = True  # what replication does to an S-VOL
+    res = await i1.cmd(sense6(0x08, dbd=True))
+    page = bytearray(pages_of(bytes(res.data), 4)[0x08])
+    page[2] &= ~0x04
+    assert_good(await select6(i1, bytes(page)))
+    assert_sense(await i1.write10(0, bytes(BS)), DATA_PROTECT, 0x27, 0x00)
+    control = await control_page(i1)
+    control[4] |= 0x08  # the host's SWP on top
+    assert_good(await select6(i1, bytes(control)))
+    lu.held = False  # the array lets go: SWP still protects
+    assert_sense(await i1.write10(0, bytes(BS)), DATA_PROTECT, 0x27, 0x00)
+    control[4] &= ~0x08
+    assert_good(await select6(i1, bytes(control)))
+    assert_good(await i1.write10(0, bytes(BS)))

@@ -132,7 +132,7 @@ async def test_read_only_lun_refuses_the_peer_zeroing_and_caw() -> None:
     from storaged.remote.api import RemoteError
 
     _store, lu, _ini = await setup()
-    lu.write_protected = True
+    lu.held = True
     vol = volume_of(lu)
     for call in (vol.write_zeroes(0, BS), vol.unmap(0, BS), vol.compare_and_write(0, b"A" * BS, b"C" * BS, False)):
         with pytest.raises(RemoteError, match="read-only"):

@@ -276,7 +276,7 @@ async def test_unmap_stops_at_a_range_after_the_lu_became_write_protected(i1, lu
     data = unmap_list((0, CHUNK_BLOCKS), (32, CHUNK_BLOCKS))
     job = asyncio.ensure_future(i1.cmd(unmap_cdb(len(data)), data))
     await asyncio.sleep(0)  # the first range is being punched
-    lu.write_protected = True
+    lu.held = True
     held = lu.ranges.locked(0, BLOCKS * BS)
     quiesce = asyncio.ensure_future(held.__aenter__())
     gate.set()
