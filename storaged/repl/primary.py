@@ -56,6 +56,10 @@ class WriteOrder:
                  activity: ActivityLog | None = None) -> None:
         self.journal = journal
         self._inflight: list[_InFlight] = []
+        #: host writes between entering the order and their answer (a FUA flush included)
+        self._open = 0
+        self._all_answered = asyncio.Event()
+        self._all_answered.set()
         #: "delay" policy: how long a write may wait for journal room before the pairs suspend
         self.delay_limit = delay_limit
         self.lock = asyncio.Lock()
@@ -204,23 +208,56 @@ class WriteOrder:
         self._suspend(f"P-VOL {r.volume} write failed after its journal entry {r.seq}: {exc}")
         await self.mark(r.volume, r.offset, r.zero_length or len(r.data))
 
+    def _opened(self) -> None:
+        self._open += 1
+        self._all_answered.clear()
+
+    def _closed(self) -> None:
+        self._open -= 1
+        if not self._open:
+            self._all_answered.set()
+
+    async def answered(self) -> None:
+        """Wait until every host write that entered the order has been answered, its FUA flush
+        included. A fence waits for this (outside the lock: a write waiting for the lock is then
+        refused at once), so the old primary answers nothing after a takeover made the other
+        side writable."""
+        await self._all_answered.wait()
+
     async def write(self, volume: int, store: Backstore, offset: int, data: bytes | bytearray | memoryview,
                     fua: bool) -> None:
         # The journal append is serialised (it defines the order); the volume writes of
         # non-overlapping requests then run side by side, overlapping ones in sequence order.
-        await self._room(len(data))
-        await self._ordered(volume, offset, offset + len(data), data, 0, lambda: store.write(offset, data, False))
-        if fua:
-            await self.sync(store)
+        self._opened()
+        try:
+            await self._room(len(data))
+            await self._ordered(volume, offset, offset + len(data), data, 0, lambda: store.write(offset, data, False))
+            if fua:
+                await self.sync(store)
+        finally:
+            self._closed()
 
     async def zero(self, volume: int, store: Backstore, offset: int, length: int, unmap: bool) -> None:
-        await self._room(0)
-        await self._ordered(volume, offset, offset + length, b"", length,
-                            lambda: store.unmap(offset, length) if unmap else store.write_zeroes(offset, length))
+        self._opened()
+        try:
+            await self._room(0)
+            await self._ordered(volume, offset, offset + length, b"", length,
+                                lambda: store.unmap(offset, length) if unmap else store.write_zeroes(offset, length))
+        finally:
+            self._closed()
 
     async def compare_and_write(self, volume: int, store: Backstore, offset: int,
                                 expected: bytes | bytearray | memoryview, data: bytes | bytearray | memoryview,
                                 fua: bool) -> int:
+        self._opened()
+        try:
+            return await self._compare_and_write(volume, store, offset, expected, data, fua)
+        finally:
+            self._closed()
+
+    async def _compare_and_write(self, volume: int, store: Backstore, offset: int,
+                                 expected: bytes | bytearray | memoryview, data: bytes | bytearray | memoryview,
+                                 fua: bool) -> int:
         end = offset + len(expected)
         async with self.lock:
             # compare against every write ordered before this one

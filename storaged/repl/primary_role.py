@@ -289,7 +289,8 @@ class PrimaryRole(ReplicationCore):
         async with order.lock:
             g.awaiting_confirm = False  # the peer has spoken: no restart confirmation may lift this
             self._primary_event(g, Event.FENCE, why or f"{g.peer} is taking over (swap)")
-        await order.drain()  # writes ordered before the fence are committed (and answered) first
+        await order.drain()  # writes ordered before the fence are committed first
+        await order.answered()  # and answered (a FUA flush may still run): nothing is answered after this
         log.warning("group %s: P-VOLs fenced (read-only)%s", name, f": {why}" if why else "")
         return await self.primary_status(name)
 
