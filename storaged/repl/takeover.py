@@ -268,9 +268,11 @@ class TakeoverRole(SecondaryRole):
                 self._unwrap(p.pvol, g.target)
                 self._lu(p.pvol, "S-VOL", g.target).held = p.pvol in staying
             order.journaling = False
+        dropped = [p.pvol for p in g.pairs if p.pvol not in staying]
+        if dropped:  # their writes were covered by the journal and its activity log, gone with the role
+            await order.flush_volumes(set(dropped))
         self.journals.pop(name, None)
         self.orders.pop(name, None)
-        dropped = [p.pvol for p in g.pairs if p.pvol not in staying]
         if dropped:
             log.warning("group %s: pair(s) of volume(s) %s never formed on %s: dropped (simple volumes)",
                         name, dropped, peer)

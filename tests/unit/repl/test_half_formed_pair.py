@@ -72,3 +72,29 @@ def test_a_reverse_resync_with_a_pair_only_the_old_primary_had(tmp_path: Any) ->
         assert s.same()
 
     run_two(tmp_path, body)
+
+
+def test_a_write_on_the_dropped_volume_survives_a_power_cut_after_the_drop(tmp_path: Any) -> None:
+    """The dropped volume's writes were covered by the journal and its activity log, both thrown
+    away with the old primary's role: the volume is now flushed before they go (review finding)."""
+
+    async def body(s: Sites, link: EdgeLink) -> None:
+        await s.create()
+        link.lose_reply_of = "repl.prepare_primary"
+        with pytest.raises(CommandError):
+            await s.b.array.repl.pair_create({"group": G, "peer": "site-a", "pvol": VOL2, "svol": VOL2,
+                                              "pjnl": JNL, "sjnl": JNL}, "test")
+        lu2 = s.a.array.luns[(TARGET, VOL2)].lu
+        await s.synced()
+        link.drop_request_of = "repl.journal_status"  # the primary looks unreachable: an SVOL takeover
+        await s.b.array.repl.takeover(G, dry_run=False)
+        await lu2.store(0, struct.pack("<QQ", 77, 0) * (BLOCK // 16), False)  # answered on site-a
+        assert await until(lambda: s.state(s.a) == "FENCED", 5.0), s.states()
+        await s.b.array.repl.resync_swap(G, force=True)
+        assert await until(lambda: s.group(s.a).role == "secondary", 5.0), s.states()
+        s.a.disks[VOL2].keep_prob = 0.0  # a power cut loses whatever is not durable
+        s.a.crash()
+        await s.a.boot()
+        assert s.a.disks[VOL2].tags(0, BLOCK) == [77], "the dropped volume lost a write it had answered"
+
+    run_two(tmp_path, body)
