@@ -142,14 +142,18 @@ class PrimaryRole(ReplicationCore):
                     raise RemoteError(Status.BAD_REQUEST, f"LUN {pvol} is already paired")
                 g.pairs.append(Pair(pvol, svol, "COPY", lu.num_blocks * lu.block_size))
                 self._wrap(self.orders[name], pvol, g.target)
+            # Journaling from here on, before any wait (a new group is SMPL, i.e. fenced, until then);
+            # the secondary acquires from this point. A failure below is answered like a lost reply:
+            # the pair copies, and a repeated paircreate is answered as the first.
+            self._primary_event(g, Event.CREATE)
+            prepared = self._prepared(g, lu)
             # writes that started on the plain store before the wrap land first (the copy must see
             # them); then what the copy reads of writes from before the pair must be durable here:
             # they are neither journaled nor in the activity log, so a power cut would keep them on
             # the S-VOL only
             await self._quiesce([lu])
             await self._inner(lu).flush()
-            self._primary_event(g, Event.CREATE)
-            return self._prepared(g, lu)
+            return prepared
 
     def _prepared(self, g: Group, lu: LogicalUnit) -> dict[str, Any]:
         """prepare_primary's answer: where the new pair's journal stands, and the P-VOL's size."""

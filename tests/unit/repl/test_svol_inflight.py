@@ -79,3 +79,29 @@ def test_a_write_in_flight_on_the_pvol_when_the_pair_is_formed_reaches_the_svol(
         assert s.same(), "PAIR with the S-VOL missing a write the P-VOL acknowledged"
 
     run(tmp_path, body)
+
+
+def test_the_pvol_takes_host_writes_while_pair_formation_waits_for_one_in_flight(tmp_path: Any) -> None:
+    """A new group is SMPL (fenced: DATA PROTECT) until prepare_primary applies CREATE; waiting for a
+    slow write in flight before that kept the P-VOL refusing host writes for as long (review). CREATE
+    now comes right after the wrap: writes arriving meanwhile are journaled."""
+
+    async def body(s: Sites, _link: EdgeLink) -> None:
+        import asyncio
+
+        delays = iter([0.5])
+        s.a.disks[VOL].delay = lambda: next(delays, 0.0)
+        lu = s.a.array.luns[(TARGET, VOL)].lu
+        data = b"".join(struct.pack("<QQ", 4444, 40 + i) * (BLOCK // 16) for i in range(4))
+        inflight = asyncio.get_running_loop().create_task(lu.store(40 * BLOCK, data, False))
+        await asyncio.sleep(0.01)
+        create = asyncio.get_running_loop().create_task(s.create())
+        await asyncio.sleep(0.1)  # pair formation is waiting for the slow write
+        assert not create.done() and not lu.write_protected, "the P-VOL refused host writes meanwhile"
+        await s.write(80)  # journaled
+        await create
+        await inflight
+        await s.synced()
+        assert s.same()
+
+    run(tmp_path, body)
