@@ -120,6 +120,12 @@ class Hosts:
                 raise PermissionError("DATA PROTECT: write protected")
             w.admitted_as_svol = world.protected_svol(node.name, w.vol)  # what acked() judges
             await lu.store(w.block * BLOCK, data, w.fua)
+            late = world.protected_svol(node.name, w.vol)
+            if w.admitted_as_svol is None and late is not None:
+                # admitted while writable, done only once the volume was a protected S-VOL: the array
+                # must wait for such writes before it calls the volume an S-VOL (or copies to it)
+                world.violation("write-landed-on-svol", f"{node.name} write {w.tag} to LUN {w.vol} landed after "
+                                                        f"the volume became an S-VOL in {late}")
 
         self.inflight.setdefault(node.name, set()).add(w)
         ok, why = await self._request(node, f"write {w.tag}", run(node.array) if node.ready else None)
