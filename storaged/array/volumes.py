@@ -13,6 +13,7 @@ from ..backstore.base import Extent
 from ..remote.api import RemoteError, VolumeInfo
 from ..remote.protocol import Status
 from ..scsi.lu import LogicalUnit
+from ..scsi.sense import ScsiError
 
 
 class LuVolume:
@@ -22,27 +23,39 @@ class LuVolume:
         self.lu = lu
         self.info = info
 
+    def _read_only(self) -> RemoteError:
+        return RemoteError(Status.NOT_ALLOWED, f"LUN {self.info.lun} of {self.info.target} is read-only")
+
     def _writable(self) -> None:
         if self.lu.write_protected:
-            raise RemoteError(Status.NOT_ALLOWED, f"LUN {self.info.lun} of {self.info.target} is read-only")
+            raise self._read_only()
 
     async def read(self, offset: int, length: int) -> bytes:
         return await self.lu.backstore.read(offset, length)
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool) -> None:
         self._writable()
-        await self.lu.store(offset, data, fua)
+        try:
+            await self.lu.store(offset, data, fua)
+        except ScsiError as exc:  # write-protected while it waited for an overlapping command
+            raise self._read_only() from exc
 
     async def flush(self) -> None:
         await self.lu.backstore.flush()
 
     async def unmap(self, offset: int, length: int) -> None:
         self._writable()
-        await self.lu.zero(offset, length, unmap=True)
+        try:
+            await self.lu.zero(offset, length, unmap=True)
+        except ScsiError as exc:  # write-protected while it waited for an overlapping command
+            raise self._read_only() from exc
 
     async def write_zeroes(self, offset: int, length: int) -> None:
         self._writable()
-        await self.lu.zero(offset, length, unmap=False)
+        try:
+            await self.lu.zero(offset, length, unmap=False)
+        except ScsiError as exc:  # write-protected while it waited for an overlapping command
+            raise self._read_only() from exc
 
     async def extents(self, offset: int, length: int) -> list[Extent]:
         return await self.lu.backstore.extents(offset, length)
@@ -50,4 +63,7 @@ class LuVolume:
     async def compare_and_write(self, offset: int, expected: bytes | bytearray | memoryview,
                                 data: bytes | bytearray | memoryview, fua: bool) -> int:
         self._writable()
-        return await self.lu.compare_and_write(offset, expected, data, fua)
+        try:
+            return await self.lu.compare_and_write(offset, expected, data, fua)
+        except ScsiError as exc:  # write-protected while it waited for an overlapping command
+            raise self._read_only() from exc

@@ -230,13 +230,22 @@ class LogicalUnit:
         try:
             if hold.blockers:
                 await ranges.wait(hold)
+                self.check_writable()
             await self.backstore.write(offset, data, fua)
         finally:
             ranges.release(hold)
 
+    def check_writable(self) -> None:
+        """After waiting for an overlapping command: the LU may have become write-protected meanwhile
+        (an S-VOL, a fenced P-VOL), and the array waited only for the writes that held their range
+        before; this one had passed its check earlier and must not land now."""
+        if self.write_protected:
+            raise ScsiError(Reason.WRITE_PROTECTED)
+
     async def zero(self, offset: int, length: int, unmap: bool) -> None:
         """Deallocate (``unmap``) or zero a range, held like a write."""
         async with self.ranges.writing(offset, offset + length):
+            self.check_writable()
             if unmap:
                 await self.backstore.unmap(offset, length)
             else:
@@ -247,6 +256,7 @@ class LogicalUnit:
         """The backstore's compare-and-write with the range held exclusively: it sees the range
         before or after each overlapping write, never in between (-1, or first differing offset)."""
         async with self.ranges.locked(offset, offset + len(expected)):
+            self.check_writable()
             return await self.backstore.compare_and_write(offset, expected, data, fua)
 
     # --- unit attentions -------------------------------------------------------------------

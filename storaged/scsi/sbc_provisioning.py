@@ -62,6 +62,7 @@ async def _write_same(
         pos, end = offset, offset + length
         # the whole range held while its pieces land: a CAW sees all of them or none
         async with lu.ranges.writing(offset, end):
+            lu.check_writable()
             while pos < end:
                 step = min(len(chunk), end - pos)
                 await lu.backstore.write(pos, chunk if step == len(chunk) else chunk[:step], False)

@@ -158,6 +158,7 @@ async def write_atomic16(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
         return res
     offset, data = args
     async with lu.ranges.locked(offset, offset + len(data)):
+        lu.check_writable()
         await lu.backstore.write(offset, data, bool(cdb[1] & 0x08) or lu.write_through)
     return res
 
@@ -283,6 +284,7 @@ async def orwrite16(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
     if data is None or len(data) < need:
         raise cdb_error(10)
     async with lu.ranges.locked(lba * bs, lba * bs + need):
+        lu.check_writable()
         current = await lu.backstore.read(lba * bs, need)
         merged = int.from_bytes(current, "little") | int.from_bytes(data[:need], "little")
         await lu.backstore.write(

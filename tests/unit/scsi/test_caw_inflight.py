@@ -173,3 +173,28 @@ async def test_an_aborted_caw_does_not_keep_the_range() -> None:
     assert_good(await write)
     assert_good(await ini.cmd(cdb16(0x8A, 0, 1), b"F" * BS))  # would hang if the range stayed held
     assert_good(await ini.cmd(caw(0, 1), b"F" * BS + b"G" * BS))
+
+
+async def test_a_write_that_waited_for_a_caw_is_refused_if_the_lu_became_write_protected() -> None:
+    """A write passes its write-protect check, then waits for an overlapping COMPARE AND WRITE;
+    meanwhile the LU becomes an S-VOL (or a fenced P-VOL demoted to one), and the array waited only
+    for the writes holding their range before. The write must not land when the CAW is done."""
+    import asyncio
+
+    from storaged.scsi.sense import Reason, ScsiError
+
+    from .conftest import BS, make_lu
+
+    lu = make_lu()
+    caw = lu.ranges.locked(0, 8 * BS)
+    await caw.__aenter__()
+    write = asyncio.ensure_future(lu.store(0, b"W" * BS, False))
+    zero = asyncio.ensure_future(lu.zero(BS, BS, unmap=False))
+    await asyncio.sleep(0)
+    lu.held = True
+    await caw.__aexit__(None, None, None)
+    for job in (write, zero):
+        with pytest.raises(ScsiError) as err:
+            await job
+        assert err.value.reason is Reason.WRITE_PROTECTED
+    assert await lu.backstore.read(0, BS) == bytes(BS)
