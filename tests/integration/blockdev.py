@@ -1,5 +1,11 @@
 """A real block device whose I/O goes over iSCSI: qemu-storage-daemon exports an iscsi:// LUN as a
-FUSE file and losetup turns it into /dev/loopN (no kernel iSCSI initiator needed)."""
+FUSE file and losetup turns it into /dev/loopN (no kernel iSCSI initiator needed).
+
+With ``direct_io`` the loop device does direct I/O on the FUSE file. Buffered, an O_DIRECT read of
+/dev/loopN can be served from the FUSE file's page cache, which a real iSCSI disk never does: a
+command device then "read back the command block as written" (a flaky CI failure). Direct, it reads
+what the LUN holds, but mkfs.ext4 on it loses its journal (seen against tgtd too: Debian 12's
+qemu-storage-daemon FUSE export), so file system tests keep buffered I/O (one writer, no surprise)."""
 
 from __future__ import annotations
 
@@ -25,8 +31,8 @@ def require_block_devices() -> None:
 
 
 @contextlib.contextmanager
-def iscsi_block_device(url: str, workdir: Path, name: str = "lun") -> Iterator[str]:
-    """Yield /dev/loopN backed by the iSCSI LUN at ``url``."""
+def iscsi_block_device(url: str, workdir: Path, name: str = "lun", direct_io: bool = False) -> Iterator[str]:
+    """Yield /dev/loopN backed by the iSCSI LUN at ``url`` (``direct_io``: see the module docstring)."""
     u = IscsiUrl.parse(url)
     export = workdir / f"{name}.fuse"
     export.touch()
@@ -43,8 +49,8 @@ def iscsi_block_device(url: str, workdir: Path, name: str = "lun") -> Iterator[s
             if qsd.poll() is not None:
                 raise RuntimeError(f"qemu-storage-daemon failed: {qsd.stdout.read().decode() if qsd.stdout else ''}")
             time.sleep(0.1)
-        dev = subprocess.run(["losetup", "-f", "--show", str(export)], check=True, capture_output=True,
-                             text=True).stdout.strip()
+        dev = subprocess.run(["losetup", f"--direct-io={'on' if direct_io else 'off'}", "-f", "--show", str(export)],
+                             check=True, capture_output=True, text=True).stdout.strip()
         yield dev
     finally:
         if dev:

@@ -140,8 +140,9 @@ def test_hostctl_over_a_block_device(sites: Sites, tmp_path: Path) -> None:
     require_block_devices()
     import yaml
 
-    with iscsi_block_device(sites.a.url(iqn("site-a"), 2), tmp_path, "cmd-a") as local, \
-            iscsi_block_device(sites.a.url(iqn("site-a"), 3), tmp_path, "cmd-b") as via_a:
+    # direct I/O: a command device's answers must come from the array, never from a host cache
+    with iscsi_block_device(sites.a.url(iqn("site-a"), 2), tmp_path, "cmd-a", direct_io=True) as local, \
+            iscsi_block_device(sites.a.url(iqn("site-a"), 3), tmp_path, "cmd-b", direct_io=True) as via_a:
         cfg = tmp_path / "host-blk.yaml"
         cfg.write_text(yaml.safe_dump({
             "initiator": "iqn.2026-11.test:blk", "arrays": ["site-a", "site-b"],

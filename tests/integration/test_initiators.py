@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
+import struct
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from storaged.iscsi.initiator import IscsiSession
 
 from .conftest import TARGET, require, small_config
 from .daemon import StoragedProcess
@@ -168,6 +172,42 @@ def test_filesystem_on_a_lun_through_a_real_block_device(storaged: StoragedProce
             assert (mnt / "file.bin").read_bytes() == payload
         finally:
             run("umount", str(mnt))
+
+
+def test_the_block_device_reads_what_the_lun_holds_not_a_host_cache(storaged: StoragedProcess,
+                                                                    tmp_path: Path) -> None:
+    """What the loop device reads comes from the LUN: a block rewritten over another session is read
+    back new (with buffered loop I/O the FUSE file's page cache answered with the old one)."""
+    import mmap
+
+    from .blockdev import iscsi_block_device, require_block_devices
+
+    require_block_devices()
+    with iscsi_block_device(storaged.url(TARGET, 1), tmp_path, "coherent", direct_io=True) as dev:
+        fd = os.open(dev, os.O_RDWR | os.O_DIRECT | os.O_SYNC)
+        try:
+            buf = mmap.mmap(-1, 4096)
+            buf.write(b"A" * 4096)
+            os.pwritev(fd, [buf], 0)
+            first = mmap.mmap(-1, 4096)
+            os.preadv(fd, [first], 0)
+            assert first[:4] == b"AAAA"
+
+            async def rewrite() -> int:
+                s = IscsiSession()
+                await s.login("127.0.0.1", storaged.port, TARGET)
+                try:
+                    cdb = struct.pack(">BBIBHB", 0x2A, 0, 0, 0, 4096 // 512, 0)  # WRITE(10) of LBA 0..7
+                    return (await s.scsi(1, cdb, data_out=b"B" * 4096)).status
+                finally:
+                    await s.logout()
+
+            assert asyncio.run(rewrite()) == 0
+            again = mmap.mmap(-1, 4096)
+            os.preadv(fd, [again], 0)
+            assert again[:4] == b"BBBB", "the block device answered from a host-side cache"
+        finally:
+            os.close(fd)
 
 
 def test_iscsi_ls_on_a_wildcard_listener_lists_a_reachable_portal(tmp_path: Path) -> None:
