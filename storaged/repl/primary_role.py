@@ -121,9 +121,21 @@ class PrimaryRole(ReplicationCore):
             g = self.groups.get(name)
             lu = self._lu(pvol, "P-VOL", g.target if g is not None else target)
             used = self._used_luns()
-            if g is not None and g.role == "primary" and g.peer == peer and g.pjnl == pjnl \
-                    and any(p.pvol == pvol and p.svol == svol and p.state == State.COPY for p in g.pairs):
+            mine = None if g is None or g.role != "primary" or g.peer != peer or g.pjnl != pjnl else \
+                next((p for p in g.pairs if p.pvol == pvol and p.svol == svol), None)
+            if g is not None and mine is not None and mine.state == State.COPY:
                 return self._prepared(g, lu)  # a repeat: the first reply was lost, the pair still copies
+            if g is not None and mine is not None and allowed(g.state, Event.CREATE):
+                # The secondary asks for a pair this array has: it never formed it there (the first
+                # reply was lost, and a later "copy done" report promoted it here). Copy it again, whole.
+                log.warning("group %s: %s asks again for pair %d -> %d, which it never formed; copying it anew",
+                            name, peer, pvol, svol)
+                mine.state = State.COPY.value
+                self._primary_event(g, Event.CREATE)
+                prepared = self._prepared(g, lu)
+                await self._quiesce([lu])
+                await self._inner(lu).flush()
+                return prepared
             if g is None:
                 self._lu(pjnl, "primary journal", target)
                 t = self._tname(target)

@@ -98,3 +98,31 @@ def test_a_write_on_the_dropped_volume_survives_a_power_cut_after_the_drop(tmp_p
         assert s.a.disks[VOL2].tags(0, BLOCK) == [77], "the dropped volume lost a write it had answered"
 
     run_two(tmp_path, body)
+
+
+def test_a_paircreate_repeated_after_the_half_formed_pair_was_promoted_forms_it(tmp_path: Any) -> None:
+    """The secondary's "copy done" report (sent again when it sees the primary in COPY, in case an
+    earlier report was lost) promoted the half-formed pair to PAIR on the primary, and the
+    operator's repeated paircreate was then refused for good ("already paired": review). A repeat
+    now copies that volume whole and forms the pair."""
+
+    async def body(s: Sites, link: EdgeLink) -> None:
+        await s.create()
+        await s.write(0)
+        lu2 = s.a.array.luns[(TARGET, VOL2)].lu
+        await lu2.store(0, struct.pack("<QQ", 91, 0) * (BLOCK // 16), False)  # before any pair of it
+        params = {"group": G, "peer": "site-a", "pvol": VOL2, "svol": VOL2, "pjnl": JNL, "sjnl": JNL}
+        link.lose_reply_of = "repl.prepare_primary"
+        with pytest.raises(CommandError):
+            await s.b.array.repl.pair_create(dict(params), "test")
+        await lu2.store(8 * BLOCK, struct.pack("<QQ", 92, 8) * (BLOCK // 16), False)  # journaled, skipped there
+        assert await until(lambda: s.state(s.a) == "PAIR", 10.0), s.states()  # promoted by the report
+        await s.b.array.repl.pair_create(dict(params), "test")  # the operator repeats it
+        await lu2.store(16 * BLOCK, struct.pack("<QQ", 93, 16) * (BLOCK // 16), False)
+        assert await until(lambda: s.state(s.a) == s.state(s.b) == "PAIR", 10.0), s.states()
+        r = await s.b.array.repl.syncwait(G, None, 10.0)
+        assert r["result"] == "DONE", r
+        assert [p.svol for p in s.group(s.b).pairs] == [VOL, VOL2]
+        assert s.a.disks[VOL2].cur == s.b.disks[VOL2].cur, "the repeated pair's S-VOL differs from its P-VOL"
+
+    run_two(tmp_path, body)
