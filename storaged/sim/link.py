@@ -189,6 +189,7 @@ class SimLink:
         world = self.net.world
 
         async def run(array: Array) -> bytes:
+            world.reading_pvol(self.dst, lun)
             data: bytes = await self._volume(array, target, lun, offset, length).read(offset, length)
             world.served_read(self.dst, lun)
             return data

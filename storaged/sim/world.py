@@ -182,6 +182,17 @@ class World:
         w.ordered = True
         self.era(node.name, order.journal.sb.epoch).add(None, w.vol, w.block, [w.tag] * w.nblocks)
 
+    def reading_pvol(self, node: str, lun: int) -> None:
+        """A copy is about to read a P-VOL: a P-VOL that joined the era after the era began (a
+        group's second paircreate) gets its base now, before the copy can take any of its content."""
+        arr = self.nodes[node].array
+        g = arr.repl.groups.get(GROUP)
+        j = arr.repl.journals.get(GROUP)
+        if g is not None and g.role == "primary" and j is not None and lun in g.pvols():
+            e = self.era(node, j.sb.epoch)
+            if lun not in e.base and lun in self.nodes[node].disks:
+                e.base[lun] = self.nodes[node].disks[lun].tags()
+
     def served_read(self, node: str, lun: int) -> None:
         """A copy read a P-VOL: the S-VOL is consistent only once restored past this point."""
         arr = self.nodes[node].array
