@@ -32,7 +32,7 @@ def test_seeds_hold_every_invariant(batch: int) -> None:
 
 
 #: seeds the long runs (docs/simulator.md) found failing, each fixed in the code or the checker since
-LONG_RUN_FINDINGS = (13579, 16156, 17982, 21800, 27348)
+LONG_RUN_FINDINGS = (13579, 16156, 17982, 21800, 27348, 27918)
 
 
 @pytest.mark.parametrize("seed", LONG_RUN_FINDINGS)
