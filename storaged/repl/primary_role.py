@@ -131,11 +131,7 @@ class PrimaryRole(ReplicationCore):
                 log.warning("group %s: %s asks again for pair %d -> %d, which it never formed; copying it anew",
                             name, peer, pvol, svol)
                 mine.state = State.COPY.value
-                self._primary_event(g, Event.CREATE)
-                prepared = self._prepared(g, lu)
-                await self._quiesce([lu])
-                await self._inner(lu).flush()
-                return prepared
+                return await self._start_copy(g, lu)
             if g is None:
                 self._lu(pjnl, "primary journal", target)
                 t = self._tname(target)
@@ -154,18 +150,22 @@ class PrimaryRole(ReplicationCore):
                     raise RemoteError(Status.BAD_REQUEST, f"LUN {pvol} is already paired")
                 g.pairs.append(Pair(pvol, svol, "COPY", lu.num_blocks * lu.block_size))
                 self._wrap(self.orders[name], pvol, g.target)
-            # Journaling from here on, before any wait (a new group is SMPL, i.e. fenced, until then);
-            # the secondary acquires from this point. A failure below is answered like a lost reply:
-            # the pair copies, and a repeated paircreate is answered as the first.
-            self._primary_event(g, Event.CREATE)
-            prepared = self._prepared(g, lu)
-            # writes that started on the plain store before the wrap land first (the copy must see
-            # them); then what the copy reads of writes from before the pair must be durable here:
-            # they are neither journaled nor in the activity log, so a power cut would keep them on
-            # the S-VOL only
-            await self._quiesce([lu])
-            await self._inner(lu).flush()
-            return prepared
+            return await self._start_copy(g, lu)
+
+    async def _start_copy(self, g: Group, lu: LogicalUnit) -> dict[str, Any]:
+        """The pair's P-VOL is wrapped in the journal: CREATE (journaling from here on, before any
+        wait: a new group is SMPL, i.e. fenced, until then), the journal position the secondary
+        acquires from, then the P-VOL ready for the copy. A failure after CREATE is answered like a
+        lost reply: the pair copies, and a repeated paircreate is answered as the first."""
+        self._primary_event(g, Event.CREATE)
+        prepared = self._prepared(g, lu)
+        # writes that started on the plain store before the wrap land first (the copy must see
+        # them); then what the copy reads of writes from before the pair must be durable here:
+        # they are neither journaled nor in the activity log, so a power cut would keep them on
+        # the S-VOL only
+        await self._quiesce([lu])
+        await self._inner(lu).flush()
+        return prepared
 
     def _prepared(self, g: Group, lu: LogicalUnit) -> dict[str, Any]:
         """prepare_primary's answer: where the new pair's journal stands, and the P-VOL's size."""

@@ -45,13 +45,21 @@ def run_two(tmp_path: Any, body: Callable[[Sites, EdgeLink], Awaitable[None]]) -
     run_virtual(main, sites.world.clock, sites.world.rng)
 
 
+#: the second pair's paircreate, as the secondary's operator gives it
+PAIR2 = {"group": G, "peer": "site-a", "pvol": VOL2, "svol": VOL2, "pjnl": JNL, "sjnl": JNL}
+
+
+async def half_form(s: Sites, link: EdgeLink) -> None:
+    """Pair 0 formed; pair 1 set up on the primary only (the reply to its paircreate lost)."""
+    await s.create()
+    link.lose_reply_of = "repl.prepare_primary"
+    with pytest.raises(CommandError):
+        await s.b.array.repl.pair_create(dict(PAIR2), "test")
+
+
 def test_a_reverse_resync_with_a_pair_only_the_old_primary_had(tmp_path: Any) -> None:
     async def body(s: Sites, link: EdgeLink) -> None:
-        await s.create()
-        link.lose_reply_of = "repl.prepare_primary"
-        with pytest.raises(CommandError):
-            await s.b.array.repl.pair_create({"group": G, "peer": "site-a", "pvol": VOL2, "svol": VOL2,
-                                              "pjnl": JNL, "sjnl": JNL}, "test")
+        await half_form(s, link)
         assert [p.pvol for p in s.group(s.a).pairs] == [VOL, VOL2]
         assert [p.svol for p in s.group(s.b).pairs] == [VOL]
         await s.write(0)
@@ -79,11 +87,7 @@ def test_a_write_on_the_dropped_volume_survives_a_power_cut_after_the_drop(tmp_p
     away with the old primary's role: the volume is now flushed before they go (review finding)."""
 
     async def body(s: Sites, link: EdgeLink) -> None:
-        await s.create()
-        link.lose_reply_of = "repl.prepare_primary"
-        with pytest.raises(CommandError):
-            await s.b.array.repl.pair_create({"group": G, "peer": "site-a", "pvol": VOL2, "svol": VOL2,
-                                              "pjnl": JNL, "sjnl": JNL}, "test")
+        await half_form(s, link)
         lu2 = s.a.array.luns[(TARGET, VOL2)].lu
         await s.synced()
         link.drop_request_of = "repl.journal_status"  # the primary looks unreachable: an SVOL takeover
@@ -111,13 +115,12 @@ def test_a_paircreate_repeated_after_the_half_formed_pair_was_promoted_forms_it(
         await s.write(0)
         lu2 = s.a.array.luns[(TARGET, VOL2)].lu
         await lu2.store(0, struct.pack("<QQ", 91, 0) * (BLOCK // 16), False)  # before any pair of it
-        params = {"group": G, "peer": "site-a", "pvol": VOL2, "svol": VOL2, "pjnl": JNL, "sjnl": JNL}
         link.lose_reply_of = "repl.prepare_primary"
         with pytest.raises(CommandError):
-            await s.b.array.repl.pair_create(dict(params), "test")
+            await s.b.array.repl.pair_create(dict(PAIR2), "test")
         await lu2.store(8 * BLOCK, struct.pack("<QQ", 92, 8) * (BLOCK // 16), False)  # journaled, skipped there
         assert await until(lambda: s.state(s.a) == "PAIR", 10.0), s.states()  # promoted by the report
-        await s.b.array.repl.pair_create(dict(params), "test")  # the operator repeats it
+        await s.b.array.repl.pair_create(dict(PAIR2), "test")  # the operator repeats it
         await lu2.store(16 * BLOCK, struct.pack("<QQ", 93, 16) * (BLOCK // 16), False)
         assert await until(lambda: s.state(s.a) == s.state(s.b) == "PAIR", 10.0), s.states()
         r = await s.b.array.repl.syncwait(G, None, 10.0)
