@@ -113,8 +113,7 @@ async def unmap(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
             ranges.append((lba, n))
     bs = lu.block_size
     for lba, n in ranges:
-        if lu.write_protected:  # again for each range: its hold starts here, after the last await
-            raise ScsiError(Reason.WRITE_PROTECTED)
+        lu.check_writable()  # again for each range: its hold starts here, after the last await
         await lu.zero(lba * bs, n * bs, True)
     return ScsiResult(GOOD)
 

@@ -155,8 +155,7 @@ async def extended_copy(lu: LogicalUnit, cmd: ScsiCommand) -> ScsiResult:
             while pos < end:
                 step = min(COPY_CHUNK, end - pos)
                 chunk = await seg.src.backstore.read(pos, step)
-                if seg.dst.write_protected:  # again, after the read's await: store() holds the range from here
-                    raise ScsiError(Reason.WRITE_PROTECTED)
+                seg.dst.check_writable()  # again, after the read's await: store() holds the range from here
                 await seg.dst.store(dst_pos, chunk, seg.dst.write_through)
                 pos += step
                 dst_pos += step
